@@ -1,0 +1,120 @@
+"""Classical (no-network) segmentation: HU thresholds, morphology and connected components.
+
+These are the fallback detectors (``--segmenter classical``): fast, deterministic and documented, so
+that every IQM has a mask even where no trained network is available. All functions are pure:
+arrays + spacing in, boolean masks ``[z, y, x]`` out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+BODY_THRESHOLD_HU = -500.0  # between air (-1000) and fat (-100): skin boundary
+BONE_THRESHOLD_HU = 300.0   # cortical/cancellous bone vs soft tissue (brain <= 45, blood <= 80)
+AIR_INSIDE_HU = -400.0      # lung parenchyma (-900..-500) and airways vs soft tissue
+
+
+def _disk(radius_px: float) -> np.ndarray:
+    r = max(int(round(radius_px)), 1)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (yy**2 + xx**2) <= r * r
+
+
+def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
+    out = np.empty_like(mask)
+    for k in range(mask.shape[0]):
+        out[k] = ndi.binary_fill_holes(mask[k])
+    return out
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndi.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(np.argmax(sizes))
+
+
+def body_mask(hu: np.ndarray, spacing, fov: np.ndarray | None = None) -> np.ndarray:
+    """Patient body: HU > -500, opened in-plane by a 3 mm disk (detaches thin table tops, cables and
+    headrest pads), largest 3-D connected component, holes filled slice by slice (lungs, airways)."""
+    m = hu > BODY_THRESHOLD_HU
+    if fov is not None:
+        m &= fov
+    disk = _disk(3.0 / spacing[1])
+    m = ndi.binary_opening(m, structure=disk[None])
+    if not m.any():
+        return m
+    m = _largest_component(m)
+    return _enclose_per_slice(m, hu)
+
+
+def _enclose_per_slice(m: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """Fill every hole of each slice, and also the low-density regions that touch the image border but are
+    lung-like (median > -940 HU) rather than outside air (median about -1000): a field of view cropped through the chest wall
+    opens the lungs to the border, where plain hole filling would call them outside."""
+    out = np.empty_like(m)
+    for k in range(m.shape[0]):
+        lab, n = ndi.label(~m[k])
+        if n == 0:
+            out[k] = m[k]
+            continue
+        border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        border = border[border > 0]
+        outside = np.zeros(n + 1, dtype=bool)
+        if border.size:
+            medians = np.asarray(ndi.median(hu[k], labels=lab, index=border))
+            outside[border[medians <= -940.0]] = True
+        out[k] = ~outside[lab]
+    return out
+
+
+def lung_mask(hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarray:
+    """Lungs: air (< -400 HU) inside the body, 3-D components of at least 20 mL (drops bowel gas), and
+    per slice without small midline components (< 5 cm2 within 20 mm of the body's left-right centre:
+    trachea and oesophagus)."""
+    air = (hu < AIR_INSIDE_HU) & body
+    # the body mask is filled, so air outside the patient is excluded; erode 2 mm to drop skin folds
+    air = ndi.binary_erosion(air, structure=_disk(1.0 / spacing[1])[None]) if spacing[1] < 1.0 else air
+    lab, n = ndi.label(air)
+    if n == 0:
+        return air
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    sizes = np.bincount(lab.ravel()) * voxel_ml
+    sizes[0] = 0
+    # 20 mL, or 5 cm2 per slice for thin stacks (a single slice holds only a few mL of lung)
+    min_ml = min(20.0, 0.5 * air.shape[0] * spacing[0])
+    keep = sizes >= min_ml
+    lungs = keep[lab]
+    px_area_cm2 = spacing[1] * spacing[2] / 100.0
+    for k in range(lungs.shape[0]):
+        if not lungs[k].any():
+            continue
+        cols = np.nonzero(body[k].any(axis=0))[0]
+        mid_x = 0.5 * (cols[0] + cols[-1]) if cols.size else lungs.shape[2] / 2
+        lab2, n2 = ndi.label(lungs[k])
+        for j, sl in enumerate(ndi.find_objects(lab2), start=1):
+            comp = lab2[sl] == j
+            area = comp.sum() * px_area_cm2
+            cx = (sl[1].start + sl[1].stop - 1) / 2
+            if area < 5.0 and abs(cx - mid_x) * spacing[2] < 20.0:
+                lungs[k][sl][comp] = False
+    return lungs
+
+
+def intracranial_mask(hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarray:
+    """Cranial cavity: per slice, bone (> 300 HU) closed by a 2 mm disk, holes filled, minus the bone,
+    restricted to non-air tissue (> -100 HU). Below the foramen magnum only the small spinal canal
+    remains, which the coverage metrics use as the skull-base landmark."""
+    bone = (hu > BONE_THRESHOLD_HU) & body
+    disk = _disk(2.0 / spacing[1])
+    out = np.zeros_like(bone)
+    for k in range(bone.shape[0]):
+        if not bone[k].any():
+            continue
+        closed = ndi.binary_closing(bone[k], structure=disk)
+        filled = ndi.binary_fill_holes(closed)
+        out[k] = filled & ~closed & (hu[k] > -100)
+    return out

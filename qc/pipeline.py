@@ -1,0 +1,144 @@
+"""`assess`: load -> masks and region -> IQMs -> scores. The same function is the Python API and the CLI."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qc.errors import QCInputError, UnsupportedRegionError
+from qc.io import Scan, load_scan
+from qc.results import Assessment, IQMResult
+
+REGIONS = ("auto", "head", "chest")
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    import qc
+
+    out = {"ctqc": qc.__version__, "python": platform.python_version(), "segmenter": "classical-1"}
+    for pkg in ("numpy", "scipy", "SimpleITK", "pydicom"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def isocenter_index(scan: Scan) -> tuple[float, float]:
+    """(x, y) index coordinates of the isocentre: DataCollectionCenterPatient if recorded, else the
+    centre of the reconstructed field of view (FOVCenterLPS)."""
+    meta = scan.metadata
+    p = meta.get("DataCollectionCenterPatient") or meta.get("FOVCenterLPS")
+    if p is None:
+        return ((scan.shape[2] - 1) / 2.0, (scan.shape[1] - 1) / 2.0)
+    m = np.asarray(scan.direction, dtype=float) @ np.diag(list(reversed(scan.spacing)))
+    phys = np.array([float(p[0]), float(p[1]), scan.origin[2]]) - np.asarray(scan.origin)
+    idx = np.linalg.solve(m, phys)
+    return float(idx[0]), float(idx[1])
+
+
+def compute_masks(scan: Scan) -> dict[str, np.ndarray]:
+    from detectors import classical
+
+    body = classical.body_mask(scan.hu, scan.spacing, scan.fov)
+    return {
+        "body_mask": body,
+        "lung_mask": classical.lung_mask(scan.hu, body, scan.spacing),
+        "intracranial_mask": classical.intracranial_mask(scan.hu, body, scan.spacing),
+    }
+
+
+def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | None = None) -> Assessment:
+    """Assess one CT scan (path to file/DICOM folder, or a loaded :class:`~qc.io.Scan`).
+
+    region: 'auto' (heuristic), 'head' or 'chest'. config: path to a hierarchy YAML (default: the
+    shipped one for the region). Raises :class:`~qc.errors.QCInputError` for bad input.
+    """
+    from detectors.region import classify_region
+    from metrics.registry import get_registry
+    from qc.config import load_config
+    from regression.model import HierarchyModel
+
+    if region not in REGIONS:
+        raise UnsupportedRegionError(f"region '{region}' is not supported (choose head, chest or auto)")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    scan = path_or_scan if isinstance(path_or_scan, Scan) else load_scan(path_or_scan, series_uid=series_uid)
+    timings["load"] = time.perf_counter() - t0
+    warnings = list(scan.warnings)
+
+    t = time.perf_counter()
+    masks = compute_masks(scan)
+    decision = classify_region(masks["body_mask"], masks["lung_mask"], masks["intracranial_mask"])
+    timings["segment"] = time.perf_counter() - t
+    if region == "auto":
+        if decision.region not in ("head", "chest"):
+            raise UnsupportedRegionError(
+                f"region not supported: {decision.reason}; only head and chest CT are assessed "
+                "(force one with --region head|chest)", scan.source or None)
+        region = decision.region
+    elif decision.region != region:
+        warnings.append(f"--region {region} given, but the heuristic says {decision.reason}")
+
+    cfg = load_config(config if config is not None else region)
+    if cfg.region != region:
+        raise QCInputError(f"config is for {cfg.region}, scan assessed as {region}", config)
+    model = HierarchyModel(cfg)
+
+    t = time.perf_counter()
+    available = {
+        "hu": scan.hu, "spacing": scan.spacing, "fov": scan.fov, "z_positions": scan.z_positions_mm(),
+        "isocenter_xy": isocenter_index(scan), "metadata": scan.metadata, "region": region, **masks,
+    }
+    registry = get_registry()
+    values: dict[str, float | None] = {}
+    for name, spec in registry.items():
+        if region not in spec.regions:
+            continue
+        v = spec.compute(available)
+        values[name] = None if v is None or not np.isfinite(v) else float(v)
+    timings["metrics"] = time.perf_counter() - t
+
+    overall, overall_terms, cats = model.score(values, {n: registry[n].unit for n in values})
+    status = model.iqm_status(values)
+    iqms = {
+        n: IQMResult(name=n, value=v, unit=registry[n].unit, direction=registry[n].direction,
+                     status=status.get(n, "info" if v is not None else "not_measured"),
+                     description=registry[n].description, source=",".join(registry[n].inputs))
+        for n, v in values.items()
+    }
+    for cname, cat in cats.items():
+        for t_ in cat.terms:
+            if t_.status == "fail":
+                warnings.append(f"{cname}: {t_.item} fails ({t_.iqm} = {t_.value:.3g} {t_.unit})")
+    timings["total"] = time.perf_counter() - t0
+    meta = scan.metadata
+    scan_info = {
+        "shape_zyx": list(scan.shape), "spacing_zyx_mm": [round(s, 4) for s in scan.spacing],
+        **{k: meta[k] for k in ("Manufacturer", "KVP", "ExposureMAs", "CTDIvol", "ConvolutionKernel", "SliceThickness",
+                                "GantryTiltDeg", "WindowCenter", "WindowWidth", "BodyPartExamined",
+                                "SeriesDescription", "ProtocolName", "StudyDate") if k in meta},
+    }
+    return Assessment(
+        source=str(scan.source or (path_or_scan if not isinstance(path_or_scan, Scan) else "")),
+        region=region, region_reason=decision.reason, overall=overall, overall_intercept=cfg.overall.intercept,
+        overall_terms=overall_terms, categories=cats, iqms=iqms,
+        model={"kind": cfg.source.kind, "config": str(config or f"configs/{region}_ct.yaml"), "version": cfg.version,
+               "description": cfg.source.description},
+        scan=scan_info, warnings=warnings, timings_s={k: round(v, 3) for k, v in timings.items()},
+        versions=_versions(),
+    )
+
+
+def default_output_name(path) -> str:
+    p = Path(str(path))
+    name = p.name
+    for suf in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
