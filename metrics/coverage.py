@@ -31,9 +31,11 @@ def estimate_vertex_z(body_area_mm2: np.ndarray, z_positions: np.ndarray) -> tup
     """z of the vertex from the body cross-section profile; returns (z, cut).
 
     Not cut (top slice area < 3 % of the largest): the vertex lies within the last slice with tissue,
-    z = z_last + dz/2. Cut: the skull dome above the widest slice is modelled as a half-ellipsoid,
-    A(z) = A_max (1 - ((z - z_max) / c)^2); c is fitted by least squares to the slices above z_max
-    (c^2 = sum((z - z_max)^2 u) / sum(u^2), u = 1 - A/A_max) and the vertex is z_max + c.
+    z = z_last + dz/2. Cut: the skull dome is modelled as the top of an ellipsoid, whose cross-section
+    area is a concave quadratic in z, A(z) = a + b z + c z^2; it is fitted by least squares to the slices
+    above the widest one and the vertex is its upper root. With fewer than 4 such slices (or a fit that
+    is not concave) the dome is taken as a half-ellipsoid centred on the widest slice,
+    A(z) = A_max (1 - ((z - z_max) / h)^2), h^2 = sum((z - z_max)^2 u) / sum(u^2), u = 1 - A/A_max.
     """
     z = np.asarray(z_positions, dtype=float)
     a = np.asarray(body_area_mm2, dtype=float)
@@ -44,6 +46,13 @@ def estimate_vertex_z(body_area_mm2: np.ndarray, z_positions: np.ndarray) -> tup
         present = np.nonzero(a >= 0.03 * a_max)[0]
         return float(z[present[-1]] + dz / 2), False
     sel = np.arange(k_max, len(a))
+    if sel.size >= 4:
+        zc = z[sel] - z[k_max]
+        c2, c1, c0 = np.polyfit(zc, a[sel], 2)
+        disc = c1 * c1 - 4 * c2 * c0
+        if c2 < 0 and disc > 0:
+            root = max((-c1 + np.sqrt(disc)) / (2 * c2), (-c1 - np.sqrt(disc)) / (2 * c2))
+            return float(max(z[k_max] + root, hi)), True
     u = 1.0 - a[sel] / a_max
     d2 = (z[sel] - z[k_max]) ** 2
     if np.sum(u * u) < 1e-6:  # flat profile to the top: only a lower bound is known

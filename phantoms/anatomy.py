@@ -1,0 +1,255 @@
+"""Parametric head and chest anatomy, evaluated on a voxel grid as a label volume.
+
+Both phantoms are built from ellipsoids, elliptic cylinders and planes in an *anatomy frame*
+(mm, x = patient left, y = posterior, z = superior, origin at the head centre / at the carina),
+which is rotated (yaw about z, pitch about x, roll about y) and shifted into the scanner frame.
+Each function returns labels [z, y, x] (ids from :mod:`phantoms.tissues`) and the landmark truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from phantoms.tissues import NAME_TO_LABEL as L
+
+
+def rotation_matrix(yaw_deg: float = 0.0, pitch_deg: float = 0.0, roll_deg: float = 0.0) -> np.ndarray:
+    """R = Rz(yaw) @ Rx(pitch) @ Ry(roll): anatomy frame -> scanner frame (LPS). Yaw turns the nose
+    towards the patient's left, pitch tips the chin down (flexion, +), roll tilts the head towards the left shoulder."""
+    y, p, r = np.radians([yaw_deg, pitch_deg, roll_deg])
+    rz = np.array([[np.cos(y), -np.sin(y), 0], [np.sin(y), np.cos(y), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    ry = np.array([[np.cos(r), 0, np.sin(r)], [0, 1, 0], [-np.sin(r), 0, np.cos(r)]])
+    return rz @ rx @ ry
+
+
+@dataclass
+class Grid:
+    """Scanner-frame voxel grid: x/y centred on the isocentre (0, 0), z = slice centres (mm)."""
+
+    n: int
+    pixel_mm: float
+    z: np.ndarray
+
+    @property
+    def xy(self) -> np.ndarray:
+        return (np.arange(self.n) - (self.n - 1) / 2.0) * self.pixel_mm
+
+
+def _frame_coords(grid: Grid, k: int, center, rot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Anatomy-frame coordinates (qx, qy, qz) of slice k: q = R^T (p - center)."""
+    xs = grid.xy
+    X, Y = np.meshgrid(xs, xs)  # [y, x]
+    P = np.stack([X - center[0], Y - center[1], np.full_like(X, grid.z[k] - center[2])])
+    Q = np.tensordot(rot.T, P, axes=1)
+    return Q[0], Q[1], Q[2]
+
+
+def _ell(q, c, a) -> np.ndarray:
+    return ((q[0] - c[0]) / a[0]) ** 2 + ((q[1] - c[1]) / a[1]) ** 2 + ((q[2] - c[2]) / a[2]) ** 2 <= 1.0
+
+
+def _cyl_z(q, c, a, z0, z1) -> np.ndarray:
+    """Elliptic cylinder along the anatomy z axis between z0 and z1."""
+    return (((q[0] - c[0]) / a[0]) ** 2 + ((q[1] - c[1]) / a[1]) ** 2 <= 1.0) & (q[2] >= z0) & (q[2] <= z1)
+
+
+def ellipsoid_z_extent(axes, rot) -> float:
+    """Half-extent along scanner z of an ellipsoid with semi-axes ``axes`` rotated by ``rot``."""
+    return float(np.sqrt(np.sum((rot[2] * np.asarray(axes)) ** 2)))
+
+
+# ------------------------------------------------------------------------------------------------
+# head
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HeadShape:
+    scale: float          # 1.0 = adult head ~ 150 x 190 mm
+    skull_mm: float       # skull thickness
+    ventricle: float      # ventricle size factor
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> "HeadShape":
+        return cls(scale=float(rng.uniform(0.82, 1.08)), skull_mm=float(rng.uniform(5.0, 9.0)),
+                   ventricle=float(rng.uniform(0.8, 1.4)))
+
+    @property
+    def skin_axes(self):
+        return np.array([75.0, 95.0, 88.0]) * self.scale
+
+    @property
+    def skull_base_z(self) -> float:
+        """Foramen magnum plane (anatomy frame z)."""
+        return -0.45 * self.inner_axes[2]
+
+    @property
+    def inner_axes(self):
+        return self.skin_axes - 5.0 - self.skull_mm
+
+    @property
+    def lens_centres(self):
+        a = self.inner_axes
+        return [np.array([s * 0.42 * a[0], -0.93 * a[1] - 14.0, -0.28 * a[2]]) for s in (-1, 1)]
+
+
+def head_labels(grid: Grid, shape: HeadShape, center, rot) -> np.ndarray:
+    s = shape
+    skin = s.skin_axes
+    outer = skin - 5.0
+    inner = s.inner_axes
+    zb = s.skull_base_z
+    out = np.zeros((len(grid.z), grid.n, grid.n), dtype=np.uint8)
+    lens = s.lens_centres
+    for k in range(len(grid.z)):
+        q = _frame_coords(grid, k, center, rot)
+        lab = np.zeros(q[0].shape, dtype=np.uint8)
+        above = q[2] >= zb - 12.0  # cranium incl. skull base plate
+        # neck below the skull base: soft tissue with spine and spinal canal
+        neck = _cyl_z(q, (0, 0.15 * skin[1], 0), (0.55 * skin[0], 0.55 * skin[1]), -400, zb)
+        lab[neck] = L["muscle"]
+        spine = _cyl_z(q, (0, 0.3 * skin[1], 0), (14, 14), -400, zb - 12)
+        lab[spine] = L["cancellous_bone"]
+        lab[_cyl_z(q, (0, 0.45 * skin[1], 0), (8, 8), -400, zb + 1)] = L["csf"]
+        # face: anterior-inferior soft tissue block with orbits, globes, lenses, maxillary sinuses
+        face = _ell(q, (0, -0.55 * skin[1], -0.45 * skin[2]), (0.62 * skin[0], 0.5 * skin[1], 0.5 * skin[2]))
+        lab[face] = L["skin_soft_tissue"]
+        for sx in (-1, 1):
+            lab[_ell(q, (sx * 0.36 * skin[0], -0.62 * skin[1], -0.72 * skin[2]), (16, 18, 14)) & face] = L["sinus_air"]
+        # cranium
+        lab[_ell(q, (0, 0, 0), skin) & above] = L["skin_soft_tissue"]
+        lab[_ell(q, (0, 0, 0), outer) & above] = L["cortical_bone"]
+        cavity = _ell(q, (0, 0, 0), inner) & (q[2] >= zb)
+        lab[cavity] = L["csf"]  # thin subarachnoid layer remains at the rim
+        brain = _ell(q, (0, 0, 0), inner - 2.0) & (q[2] >= zb + 2.0)
+        lab[brain] = L["grey_matter"]
+        lab[_ell(q, (0, 0, 0.1 * inner[2]), inner * np.array([0.62, 0.62, 0.55]))] = L["white_matter"]
+        # posterior fossa / cerebellum
+        lab[_ell(q, (0, 0.45 * inner[1], 0.78 * zb), (0.6 * inner[0], 0.38 * inner[1], 0.35 * inner[2])) & brain] = L["cerebellum"]
+        # lateral ventricles
+        v = s.ventricle
+        for sx in (-1, 1):
+            lab[_ell(q, (sx * 9 * v, 5, 0.12 * inner[2]), (6 * v, 28 * v, 11 * v))] = L["csf"]
+        # skull base plate and foramen magnum
+        plate = _ell(q, (0, 0, 0), outer) & (q[2] < zb) & (q[2] >= zb - 10.0)
+        lab[plate] = L["cortical_bone"]
+        fm = _cyl_z(q, (0, 0.3 * inner[1], 0), (15, 18), zb - 12, zb + 0.5)
+        lab[fm & (plate | cavity)] = L["csf"]
+        # external auditory meatus: air canals through the temporal bone at skull-base level
+        for sx in (-1, 1):
+            eam = _cyl_z(q, (sx * (outer[0] - 4), 0.05 * skin[1], 0), (10, 4), zb + 2, zb + 10)
+            lab[eam & ~_ell(q, (0, 0, 0), inner + 3.0)] = L["sinus_air"]  # petrous bone keeps the ring closed
+        # orbits with globes and lenses (in front of the cranium)
+        for sx, lc in zip((-1, 1), lens):
+            gc = lc + np.array([0, 11.0, 0])
+            orbit = _ell(q, gc + np.array([0, 4, 0]), (19, 22, 17))
+            lab[orbit & ~_ell(q, (0, 0, 0), outer)] = L["fat"]  # orbital roof (skull) stays intact
+            lab[_ell(q, gc, (12, 12, 12)) & ~_ell(q, (0, 0, 0), outer)] = L["eye_globe"]
+            lab[_ell(q, lc, (4.5, 2.2, 4.5))] = L["lens"]
+        out[k] = lab
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# chest
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChestShape:
+    half_width: float     # body semi-axis LR (mm)
+    half_depth: float     # body semi-axis AP (mm)
+    fat_mm: float         # subcutaneous fat thickness
+    lung_length: float    # apex to costophrenic angle (mm)
+    arms_up: bool
+
+    @classmethod
+    def random(cls, rng: np.random.Generator, arms_up: bool | None = None) -> "ChestShape":
+        w = float(rng.uniform(130.0, 200.0))
+        return cls(half_width=w, half_depth=w * float(rng.uniform(0.62, 0.75)), fat_mm=float(rng.uniform(6, 30)),
+                   lung_length=float(rng.uniform(220, 290)),
+                   arms_up=bool(rng.random() < 0.7) if arms_up is None else bool(arms_up))
+
+    @property
+    def apex_z(self) -> float:
+        return 0.3 * self.lung_length
+
+    @property
+    def base_z(self) -> float:
+        """Costophrenic angles (lowest lung point), anatomy frame z."""
+        return -0.7 * self.lung_length
+
+    @property
+    def carina_z(self) -> float:
+        return 0.0
+
+
+def chest_labels(grid: Grid, shape: ChestShape, center, rot) -> np.ndarray:
+    s = shape
+    a, b = s.half_width, s.half_depth
+    out = np.zeros((len(grid.z), grid.n, grid.n), dtype=np.uint8)
+    lung_ax = np.array([0.36 * a, 0.72 * b])
+    for k in range(len(grid.z)):
+        q = _frame_coords(grid, k, center, rot)
+        lab = np.zeros(q[0].shape, dtype=np.uint8)
+        zq = q[2]
+        # neck narrower above the apices
+        neck_f = np.clip(1.0 - (zq - (s.apex_z + 10)) / 80.0, 0.45, 1.0)
+        body = ((q[0] / (a * neck_f)) ** 2 + (q[1] / (b * np.clip(neck_f, 0.7, 1))) ** 2 <= 1.0) & (zq > -600) & (zq < 400)
+        lab[body] = L["fat"]
+        muscle = ((q[0] / (a * neck_f - s.fat_mm)) ** 2 + (q[1] / (b * np.clip(neck_f, 0.7, 1) - s.fat_mm)) ** 2 <= 1.0) & body
+        lab[muscle] = L["muscle"]
+        # ribs: elliptic bone rings every 25 mm, 9 mm thick, missing anteriorly near the sternum
+        ring_o = ((q[0] / (a - s.fat_mm - 8)) ** 2 + (q[1] / (b - s.fat_mm - 8)) ** 2 <= 1.0)
+        ring_i = ((q[0] / (a - s.fat_mm - 17)) ** 2 + (q[1] / (b - s.fat_mm - 17)) ** 2 <= 1.0)
+        rib_z = (np.mod(zq - 5.0, 25.0) < 9.0) & (zq < s.apex_z + 5) & (zq > s.base_z - 40)
+        lab[ring_o & ~ring_i & rib_z & (q[1] > -0.55 * b) & muscle] = L["cortical_bone"]
+        # liver / abdomen below the diaphragm
+        lab[ring_i & (zq < -0.35 * s.lung_length)] = L["liver"]
+        # lungs: elliptic columns with a dome at the apex and a diaphragm dome at the base
+        for sx in (-1, 1):
+            cx = sx * 0.46 * a
+            r2 = ((q[0] - cx) / lung_ax[0]) ** 2 + ((q[1] - 0.05 * b) / lung_ax[1]) ** 2
+            top = s.apex_z - 60.0 * r2  # apex dome
+            # diaphragm dome: highest medially, costophrenic angle laterally/posteriorly
+            bottom = s.base_z + 90.0 * (1.0 - r2)
+            lung = (r2 <= 1.0) & (zq <= top) & (zq >= bottom)
+            lab[lung] = L["lung"]
+        # mediastinum: heart (left-anterior), aorta, trachea, spine
+        lab[_ell(q, (0.15 * a, -0.2 * b, -0.3 * s.lung_length), (0.3 * a, 0.42 * b, 0.22 * s.lung_length))] = L["heart_blood"]
+        lab[_cyl_z(q, (0.08 * a, 0.35 * b, 0), (14, 14), -0.8 * s.lung_length, 0.05 * s.lung_length)] = L["aorta"]
+        lab[_cyl_z(q, (0.02 * a, -0.25 * b, 0), (15, 15), 0.0, 0.05 * s.lung_length)] = L["aorta"]
+        lab[_cyl_z(q, (0, -0.15 * b, 0), (9, 9), s.carina_z, 400)] = L["airway"]
+        for sx in (-1, 1):  # main bronchi, short oblique segments approximated by steps
+            for j in range(4):
+                lab[_cyl_z(q, (sx * (8 + 8 * j), -0.1 * b, 0), (6, 6), s.carina_z - 10 * (j + 1), s.carina_z - 10 * j)] = L["airway"]
+        lab[_cyl_z(q, (0, 0.62 * b, 0), (19, 16), -600, 400)] = L["cancellous_bone"]
+        lab[_cyl_z(q, (0, 0.86 * b, 0), (8, 7), -600, 400)] = L["csf"]
+        # arms down: an arm beside each flank (soft tissue with a humerus)
+        if not s.arms_up:
+            for sx in (-1, 1):
+                arm = _cyl_z(q, (sx * (a + 55), 0, 0), (42, 45), -400, 150)
+                lab[arm] = L["muscle"]
+                lab[_cyl_z(q, (sx * (a + 55), 0, 0), (11, 11), -400, 150)] = L["cortical_bone"]
+        out[k] = lab
+    return out
+
+
+def add_lung_vessels(labels: np.ndarray, rng: np.random.Generator, n: int = 60) -> None:
+    """Sprinkle short random vessel segments (40 HU, 2-4 mm) inside the lungs, in place."""
+    lung = labels == L["lung"]
+    if not lung.any():
+        return
+    zz, yy, xx = np.nonzero(lung)
+    idx = rng.choice(zz.size, size=min(n, zz.size), replace=False)
+    for i in idx:
+        z0, y0, x0 = zz[i], yy[i], xx[i]
+        dy, dx = rng.normal(size=2)
+        length = int(rng.integers(6, 20))
+        for t in range(length):
+            y, x = int(y0 + dy * t), int(x0 + dx * t)
+            if 0 <= y < labels.shape[1] - 1 and 0 <= x < labels.shape[2] - 1 and lung[z0, y, x]:
+                labels[z0, y : y + 2, x : x + 2] = np.where(lung[z0, y : y + 2, x : x + 2], L["vessel"], labels[z0, y : y + 2, x : x + 2])
