@@ -11,8 +11,10 @@ import numpy as np
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
-def write_dicom_series(scan, out_dir, seed: int = 0, study_date: str = "20260101") -> Path:
-    import pydicom
+def write_dicom_series(scan, out_dir, seed: int = 0, study_date: str = "20260101", orientation=None,
+                       positions=None, extra: dict | None = None) -> Path:
+    """``orientation`` (6 floats) and ``positions`` (one xyz per slice) override the axial geometry, e.g. to
+    write a gantry-tilted stack; ``extra`` sets further keywords on every slice (e.g. Modality='MR')."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -45,16 +47,24 @@ def write_dicom_series(scan, out_dir, seed: int = 0, study_date: str = "20260101
                    "ConvolutionKernel", "PatientPosition"):
             if kw in meta:
                 setattr(ds, kw, str(meta[kw]))
-        for kw in ("KVP", "SliceThickness", "WindowCenter", "WindowWidth", "CTDIvol"):
+        if "CTDIvol" in meta:  # FD (binary float), the others are decimal strings
+            ds.CTDIvol = float(meta["CTDIvol"])
+        for kw in ("KVP", "SliceThickness", "WindowCenter", "WindowWidth"):
             if kw in meta:
                 setattr(ds, kw, f"{float(meta[kw]):.6g}")
         for kw in ("XRayTubeCurrent", "ExposureTime", "Exposure"):
             if kw in meta:
                 setattr(ds, kw, int(round(float(meta[kw]))))
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        z = scan.origin[2] + k * dz
-        ds.ImagePositionPatient = [f"{scan.origin[0]:.6f}", f"{scan.origin[1]:.6f}", f"{z:.6f}"]
-        ds.SliceLocation = f"{z:.6f}"
+        ds.ImageOrientationPatient = [f"{v:.7f}" for v in (orientation if orientation is not None else [1, 0, 0, 0, 1, 0])]
+        if positions is not None:
+            ipp = [float(v) for v in positions[k]]
+        else:
+            ipp = [scan.origin[0], scan.origin[1], scan.origin[2] + k * dz]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
+        ds.SliceLocation = f"{ipp[2]:.6f}"
+        if extra:
+            for kw, v in extra.items():
+                setattr(ds, kw, v)
         ds.PixelSpacing = [f"{dy:.8g}", f"{dx:.8g}"]
         ds.Rows, ds.Columns = scan.shape[1], scan.shape[2]
         ds.SamplesPerPixel = 1
@@ -63,5 +73,4 @@ def write_dicom_series(scan, out_dir, seed: int = 0, study_date: str = "20260101
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
         ds.PixelData = stored[k].tobytes()
         ds.save_as(out / f"slice_{k:04d}.dcm", enforce_file_format=True)
-    _ = pydicom  # imported for FileDataset side effects
     return out

@@ -1,0 +1,196 @@
+"""`qc` command line. Thin: parse arguments, call the pure functions, print. Heavy imports happen inside
+the commands so that `qc --help` stays instant.
+
+Exit codes: 0 ok, 2 bad input (one-line message naming the file and reason), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="CT quality control: is this head or chest CT good enough, and if not, why?",
+    pretty_exceptions_enable=False,
+)
+
+
+class RegionOpt(str, Enum):
+    auto = "auto"
+    head = "head"
+    chest = "chest"
+
+
+class SimRegion(str, Enum):
+    head = "head"
+    chest = "chest"
+
+
+class Kernel(str, Enum):
+    smooth = "smooth"
+    sharp = "sharp"
+
+
+def _input_errors_exit_2(func):
+    """Map our documented input errors to a one-line message on stderr and exit code 2."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from qc.errors import QCInputError
+
+        try:
+            return func(*args, **kwargs)
+        except QCInputError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _version_cb(value: bool):
+    if value:
+        from qc import __version__
+
+        typer.echo(f"qc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_cb, is_eager=True,
+                                       help="Print the version and exit.")):
+    """CT quality control engine."""
+
+
+def _write_text(path: Path, text: str) -> None:
+    from qc.errors import QCInputError
+
+    if str(path) == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise QCInputError(f"cannot write output: {exc.strerror}", path) from None
+
+
+@app.command()
+@_input_errors_exit_2
+def assess(
+    path: Path = typer.Argument(..., help="CT scan: NIfTI/NRRD/MHA file, DICOM file or DICOM folder."),
+    explain: bool = typer.Option(False, "--explain", help="Print the tree overall <- categories <- IQMs."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON ('-' = stdout)."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV row (scores + IQMs)."),
+    region: RegionOpt = typer.Option(RegionOpt.auto, "--region", help="Body region; auto = heuristic."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Hierarchy YAML (default: shipped rubric)."),
+    series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID to assess in a DICOM folder."),
+):
+    """Assess one CT scan and print its scores."""
+    import json
+
+    from qc.pipeline import assess as run_assess
+    from qc.report import print_explain, print_summary
+
+    result = run_assess(path, region=region.value, config=config, series_uid=series)
+    if json_out is not None:
+        _write_text(json_out, json.dumps(result.to_json_dict(), indent=2, default=str) + "\n")
+    if csv_out is not None:
+        import pandas as pd
+
+        _write_text(csv_out, pd.DataFrame([result.to_row()]).to_csv(index=False))
+    if json_out is not None and str(json_out) == "-":
+        return
+    if explain:
+        print_explain(result)
+    else:
+        print_summary(result)
+
+
+@app.command()
+@_input_errors_exit_2
+def demo(out: Path = typer.Option(Path("qc_demo_out"), "--out", help="Folder for the simulated scans."),
+         seed: int = typer.Option(0, "--seed")):
+    """Simulate a head (DICOM series) and a chest (NIfTI) scan and assess both with --explain."""
+    from phantoms import simulate, write_phantom
+    from qc.pipeline import assess as run_assess
+    from qc.report import print_explain
+
+    head = write_phantom(simulate("head", seed=seed), out / "head", dicom=True)
+    chest = write_phantom(simulate("chest", seed=seed, shift_y=25.0, z_end=70.0), out / "chest")
+    for label, path in (("head (DICOM series)", head["dicom"]), ("chest (NIfTI, table 25 mm low, apices cut)", chest["scan"])):
+        typer.echo(f"\n=== demo {label}: {path}")
+        print_explain(run_assess(path))
+
+
+@app.command()
+@_input_errors_exit_2
+def simulate(
+    region: SimRegion = typer.Argument(..., help="head or chest"),
+    out: Path = typer.Option(..., "--out", help="Output folder (scan.nii.gz, labels.nii.gz, truth.json)."),
+    mas: Optional[float] = typer.Option(None, "--mas", help="Tube current-time product (default 250 head, 100 chest)."),
+    kernel: Kernel = typer.Option(Kernel.smooth, "--kernel"),
+    shift_x: float = typer.Option(0.0, "--shift-x", help="Lateral off-centre shift, mm (+ = patient left)."),
+    shift_y: float = typer.Option(0.0, "--shift-y", help="Vertical shift, mm (+ = posterior: table too low, supine)."),
+    yaw: float = typer.Option(0.0, "--yaw", help="Head yaw, degrees."),
+    roll: float = typer.Option(0.0, "--roll", help="Head roll, degrees."),
+    pitch: float = typer.Option(0.0, "--pitch", help="Head pitch, degrees (+ = chin down)."),
+    z_start: Optional[float] = typer.Option(None, "--z-start", help="Scan range start, mm (head centre/carina = 0)."),
+    z_end: Optional[float] = typer.Option(None, "--z-end", help="Scan range end, mm."),
+    seed: int = typer.Option(0, "--seed"),
+    matrix: int = typer.Option(256, "--matrix", help="256 or 512."),
+    dicom: bool = typer.Option(False, "--dicom", help="Also write a DICOM series in OUT/dicom."),
+):
+    """Simulate a head or chest CT with ground truth (image-domain acquisition model)."""
+    from phantoms import simulate as sim
+    from phantoms import write_phantom
+    from qc.errors import QCInputError
+
+    if matrix not in (256, 512):
+        raise QCInputError("--matrix must be 256 or 512")
+    try:
+        ph = sim(region.value, seed=seed, mas=mas, kernel=kernel.value, shift_x=shift_x, shift_y=shift_y, yaw=yaw,
+                 roll=roll, pitch=pitch, z_start=z_start, z_end=z_end, matrix=matrix)
+    except ValueError as exc:
+        raise QCInputError(str(exc)) from None
+    paths = write_phantom(ph, out, dicom=dicom)
+    for k, p in paths.items():
+        typer.echo(f"{k}: {p}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: maps our documented errors to exit code 2, anything else to 1."""
+    from qc.errors import QCInputError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except QCInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
+        import click
+
+        if isinstance(exc, click.exceptions.UsageError):
+            exc.show()
+            return 2
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        typer.echo(f"internal error ({type(exc).__name__}): {exc}. Please report it with the command you ran.", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
