@@ -65,8 +65,10 @@ def _enclose_per_slice(m: np.ndarray, hu: np.ndarray) -> np.ndarray:
         border = border[border > 0]
         outside = np.zeros(n + 1, dtype=bool)
         if border.size:
-            medians = np.asarray(ndi.median(hu[k], labels=lab, index=border))
-            outside[border[medians <= -940.0]] = True
+            # median <= -940 HU  <=>  more than half of the region's voxels are <= -940 HU (bincount: fast)
+            counts = np.bincount(lab.ravel(), minlength=n + 1)
+            low = np.bincount(lab.ravel(), weights=(hu[k] <= -940.0).ravel(), minlength=n + 1)
+            outside[border[low[border] > 0.5 * counts[border]]] = True
         out[k] = ~outside[lab]
     return out
 
@@ -117,4 +119,30 @@ def intracranial_mask(hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarray:
         closed = ndi.binary_closing(bone[k], structure=disk)
         filled = ndi.binary_fill_holes(closed)
         out[k] = filled & ~closed & (hu[k] > -100)
+    return out
+
+
+def segment(hu: np.ndarray, spacing, fov: np.ndarray | None = None, working_mm: float = 1.6) -> dict[str, np.ndarray]:
+    """Body, lung and cranial-cavity masks at full resolution, computed on an in-plane grid of about
+    ``working_mm`` (block mean of f x f pixels, f = round(working_mm / pixel)) and expanded back by
+    repetition. Thresholds and morphology in mm are unchanged; 512-matrix scans are segmented ~4-9x faster."""
+    f = max(1, int(round(working_mm / float(spacing[1]))))
+    if f == 1:
+        body = body_mask(hu, spacing, fov)
+        return {"body_mask": body, "lung_mask": lung_mask(hu, body, spacing),
+                "intracranial_mask": intracranial_mask(hu, body, spacing)}
+    nz, ny, nx = hu.shape
+    cy, cx = (ny // f) * f, (nx // f) * f
+    small = hu[:, :cy, :cx].reshape(nz, cy // f, f, cx // f, f).mean(axis=(2, 4), dtype=np.float32)
+    small_fov = None
+    if fov is not None:
+        small_fov = fov[:, :cy, :cx].reshape(nz, cy // f, f, cx // f, f).mean(axis=(2, 4)) > 0.5
+    sp = (spacing[0], spacing[1] * f, spacing[2] * f)
+    body = body_mask(small, sp, small_fov)
+    masks = {"body_mask": body, "lung_mask": lung_mask(small, body, sp), "intracranial_mask": intracranial_mask(small, body, sp)}
+    out = {}
+    for name, m in masks.items():
+        full = np.zeros(hu.shape, dtype=bool)
+        full[:, :cy, :cx] = m.repeat(f, axis=1).repeat(f, axis=2)
+        out[name] = full
     return out

@@ -164,12 +164,36 @@ def simulate(
         typer.echo(f"{k}: {p}")
 
 
+@app.command()
+def iqms(markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (for the docs).")):
+    """List every registered IQM with unit, direction, regions, formula and reference."""
+    from metrics.registry import get_registry
+
+    reg = get_registry()
+    if markdown:
+        typer.echo("| IQM | unit | direction | regions | formula | reference |")
+        typer.echo("|---|---|---|---|---|---|")
+        for n, sp in reg.items():
+            typer.echo(f"| `{n}` | {sp.unit} | {sp.direction} | {', '.join(sp.regions)} | {sp.formula} | {sp.reference} |")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=True)
+    for col in ("IQM", "unit", "direction", "regions", "description"):
+        table.add_column(col)
+    for n, sp in reg.items():
+        table.add_row(n, sp.unit, sp.direction, ",".join(sp.regions), sp.description)
+    Console(width=160).print(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: maps our documented errors to exit code 2, anything else to 1."""
     from qc.errors import QCInputError
 
     try:
-        app(args=argv, standalone_mode=False)
+        # with standalone_mode=False click returns the code of a typer.Exit instead of raising it
+        rv = app(args=argv, standalone_mode=False)
     except QCInputError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -179,17 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("aborted", err=True)
         return 1
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            exc.show()
-            return 2
-        if isinstance(exc, click.exceptions.ClickException):
+        # click usage errors (typer >= 0.2x vendors click as typer._click): print usage, exit 2
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             return exc.exit_code
         typer.echo(f"internal error ({type(exc).__name__}): {exc}. Please report it with the command you ran.", err=True)
         return 1
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

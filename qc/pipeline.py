@@ -45,12 +45,7 @@ def isocenter_index(scan: Scan) -> tuple[float, float]:
 def compute_masks(scan: Scan) -> dict[str, np.ndarray]:
     from detectors import classical
 
-    body = classical.body_mask(scan.hu, scan.spacing, scan.fov)
-    return {
-        "body_mask": body,
-        "lung_mask": classical.lung_mask(scan.hu, body, scan.spacing),
-        "intracranial_mask": classical.intracranial_mask(scan.hu, body, scan.spacing),
-    }
+    return classical.segment(scan.hu, scan.spacing, scan.fov)
 
 
 def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | None = None) -> Assessment:
