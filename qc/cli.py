@@ -91,6 +91,7 @@ def assess(
     region: RegionOpt = typer.Option(RegionOpt.auto, "--region", help="Body region; auto = heuristic."),
     config: Optional[Path] = typer.Option(None, "--config", help="Hierarchy YAML (default: shipped rubric)."),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID to assess in a DICOM folder."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Fitted model JSON from `qc fit` (default: rubric)."),
 ):
     """Assess one CT scan and print its scores."""
     import json
@@ -98,7 +99,7 @@ def assess(
     from qc.pipeline import assess as run_assess
     from qc.report import print_explain, print_summary
 
-    result = run_assess(path, region=region.value, config=config, series_uid=series)
+    result = run_assess(path, region=region.value, config=config, series_uid=series, model=model)
     if json_out is not None:
         _write_text(json_out, json.dumps(result.to_json_dict(), indent=2, default=str) + "\n")
     if csv_out is not None:
@@ -162,6 +163,107 @@ def simulate(
     paths = write_phantom(ph, out, dicom=dicom)
     for k, p in paths.items():
         typer.echo(f"{k}: {p}")
+
+
+@app.command()
+@_input_errors_exit_2
+def fit(
+    iqms_csv: Path = typer.Option(..., "--iqms", help="CSV: scan_id + one column per IQM."),
+    ratings_csv: Path = typer.Option(..., "--ratings", help="CSV: scan_id, optional reader, one column per category, overall."),
+    out: Path = typer.Option(..., "--out", help="Model JSON to write."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Hierarchy YAML or region name (default: region of --region)."),
+    region: SimRegion = typer.Option(SimRegion.head, "--region", help="Region whose shipped config is used."),
+    formula: Optional[str] = typer.Option(None, "--formula", help='Free statsmodels formula, e.g. "score ~ window + dose + snr + brisque".'),
+):
+    """Fit the hierarchy (statsmodels OLS) on local ratings; print coefficients and write diagnostic plots."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from qc.config import load_config
+    from regression.fit import _read_csv, diagnostic_plots, fit_formula, fit_hierarchy, save_model
+
+    iq = _read_csv(iqms_csv, "IQM table")
+    ra = _read_csv(ratings_csv, "ratings")
+    console = Console(width=160)
+    if formula:
+        table = iq.merge(ra.groupby("scan_id", sort=False).mean(numeric_only=True).reset_index(), on="scan_id")
+        res = fit_formula(table, formula)
+        _write_text(out, json.dumps(res, indent=1) + "\n")
+        console.print(f"{formula}: n={res['n']} R2={res['r2']:.3f} PLCC={res['plcc']:.4f} SRCC={res['srcc']:.4f} RMSE={res['rmse']:.4f}")
+        for k, c in res["coefficients"].items():
+            console.print(f"  {k:<20} {c['estimate']:+.4f}  [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]  p={c['p_value']:.3g}")
+        return
+    cfg = load_config(str(config) if config is not None else region.value)
+    model, warnings = fit_hierarchy(iq, ra, cfg, {"iqms_file": iqms_csv.name, "ratings_file": ratings_csv.name,
+                                                   "config": str(config or f"{cfg.region}_ct.yaml")})
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_model(model, out)
+        plots = diagnostic_plots(model, out.with_name(out.stem + "_diagnostics"))
+    except OSError as exc:
+        from qc.errors import QCInputError
+
+        raise QCInputError(f"cannot write output: {exc.strerror}", out) from None
+    table = Table(title=f"fitted on {model['provenance']['n_scans']} scans, {model['provenance']['n_readers']} reader(s)")
+    for col in ("model", "term", "estimate", "std err", "95% CI", "p", "VIF"):
+        table.add_column(col)
+    for name, part in list(model["categories"].items()) + [("overall", model["overall"])]:
+        ic = part["intercept"]
+        table.add_row(name, "intercept", f"{ic['estimate']:+.3f}", f"{ic['std_err']:.3f}",
+                      f"[{ic['ci_low']:+.3f}, {ic['ci_high']:+.3f}]", f"{ic['p_value']:.3g}", "")
+        for term, c in part["coefficients"].items():
+            table.add_row("", term, f"{c['estimate']:+.3f}", f"{c['std_err']:.3f}", f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]",
+                          f"{c['p_value']:.3g}", f"{part['vif'][term]:.1f}")
+        table.add_row("", f"R2 {part['r2']:.3f} (adj {part['r2_adj']:.3f}), n {part['n']}, dropped {part['dropped']}", "", "", "", "", "")
+    console.print(table)
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    console.print(f"model: {out}; diagnostics: {', '.join(p.name for p in plots)}")
+
+
+@app.command()
+@_input_errors_exit_2
+def validate(
+    pred_csv: Path = typer.Option(..., "--pred", help="CSV: scan_id + predicted scores (category names or score_<category>, overall)."),
+    ratings_csv: Path = typer.Option(..., "--ratings", help="CSV: scan_id, optional reader, rated scores."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for validation.csv/json and Bland-Altman plots."),
+):
+    """Agreement of predicted scores with ratings: ICC(2,1)/(3,1), MAD, MAPE, t-test, Bland-Altman, PLCC/SRCC/KRCC, RMSE."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from regression.fit import _read_csv
+    from regression.validate import bland_altman_plots
+    from regression.validate import validate as run_validate
+
+    pred = _read_csv(pred_csv, "predictions")
+    ra = _read_csv(ratings_csv, "ratings")
+    table, inter = run_validate(pred, ra)
+    cols = ["score", "n", "icc2_1", "icc3_1", "mad", "mape_pct", "paired_t_p", "bias", "loa_low", "loa_high",
+            "plcc", "srcc", "krcc", "rmse", "ldctiqa_score"]
+    t = Table()
+    for c in cols:
+        t.add_column(c)
+    for _, row in table.iterrows():
+        t.add_row(*[str(row[c]) if c in ("score", "n") else f"{row[c]:.3f}" for c in cols])
+    Console(width=200).print(t)
+    if inter:
+        Console(width=200).print("inter-reader ICC: " + json.dumps(inter))
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            table.to_csv(out / "validation.csv", index=False)
+            (out / "validation.json").write_text(json.dumps({"agreement": table.to_dict(orient="records"),
+                                                             "inter_reader_icc": inter}, indent=1, default=float))
+            bland_altman_plots(pred, ra, table, out)
+        except OSError as exc:
+            from qc.errors import QCInputError
+
+            raise QCInputError(f"cannot write output: {exc.strerror}", out) from None
 
 
 @app.command()

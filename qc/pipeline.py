@@ -48,11 +48,13 @@ def compute_masks(scan: Scan) -> dict[str, np.ndarray]:
     return classical.segment(scan.hu, scan.spacing, scan.fov)
 
 
-def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | None = None) -> Assessment:
+def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | None = None,
+           model=None) -> Assessment:
     """Assess one CT scan (path to file/DICOM folder, or a loaded :class:`~qc.io.Scan`).
 
     region: 'auto' (heuristic), 'head' or 'chest'. config: path to a hierarchy YAML (default: the
-    shipped one for the region). Raises :class:`~qc.errors.QCInputError` for bad input.
+    shipped one for the region). model: path to a fitted model JSON (``qc fit``); default: the config's
+    rubric. Raises :class:`~qc.errors.QCInputError` for bad input.
     """
     from detectors.region import classify_region
     from metrics.registry import get_registry
@@ -83,7 +85,16 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
     cfg = load_config(config if config is not None else region)
     if cfg.region != region:
         raise QCInputError(f"config is for {cfg.region}, scan assessed as {region}", config)
-    model = HierarchyModel(cfg)
+    if model is not None:
+        from regression.fit import FittedModel, load_model
+
+        scorer = FittedModel(load_model(model), cfg, str(model))
+        model_info = {"kind": "fitted", "config": str(config or f"configs/{region}_ct.yaml"), "file": str(model),
+                      "provenance": scorer.model.get("provenance", {})}
+    else:
+        scorer = HierarchyModel(cfg)
+        model_info = {"kind": cfg.source.kind, "config": str(config or f"configs/{region}_ct.yaml"),
+                      "version": cfg.version, "description": cfg.source.description}
 
     t = time.perf_counter()
     available = {
@@ -99,8 +110,8 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
         values[name] = None if v is None or not np.isfinite(v) else float(v)
     timings["metrics"] = time.perf_counter() - t
 
-    overall, overall_terms, cats = model.score(values, {n: registry[n].unit for n in values})
-    status = model.iqm_status(values)
+    overall, overall_terms, cats = scorer.score(values, {n: registry[n].unit for n in values})
+    status = scorer.iqm_status(values)
     iqms = {
         n: IQMResult(name=n, value=v, unit=registry[n].unit, direction=registry[n].direction,
                      status=status.get(n, "info" if v is not None else "not_measured"),
@@ -123,8 +134,7 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
         source=str(scan.source or (path_or_scan if not isinstance(path_or_scan, Scan) else "")),
         region=region, region_reason=decision.reason, overall=overall, overall_intercept=cfg.overall.intercept,
         overall_terms=overall_terms, categories=cats, iqms=iqms,
-        model={"kind": cfg.source.kind, "config": str(config or f"configs/{region}_ct.yaml"), "version": cfg.version,
-               "description": cfg.source.description},
+        model=model_info,
         scan=scan_info, warnings=warnings, timings_s={k: round(v, 3) for k, v in timings.items()},
         versions=_versions(),
     )

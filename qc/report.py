@@ -51,8 +51,10 @@ def explain_tree(result: Assessment):
             iqm = result.iqms.get(t.iqm)
             direction = _DIRECTION.get(iqm.direction, "") if iqm else ""
             style = _STATUS_STYLE.get(t.status, "")
+            ci = f" [dim][95% CI {t.ci_low:.3f}, {t.ci_high:.3f}][/]" if t.ci_low is not None else ""
+            feat = "item score" if t.feature_kind.startswith("rubric") else "z"
             node.add(f"[{style}]{t.status:<5}[/] {t.item}: {t.iqm} = {_fmt(t.value)} {t.unit} [dim]({direction})[/]"
-                     f" -> item score {t.feature:.2f} x {t.coefficient:.3f} = {t.contribution:+.3f}")
+                     f" -> {feat} {t.feature:.2f} x {t.coefficient:.3f}{ci} = {t.contribution:+.3f}")
         for na in cat.not_assessed:
             node.add(f"[dim]not assessed: {na}[/]")
     other = [i for n, i in result.iqms.items()
@@ -70,9 +72,7 @@ def print_explain(result: Assessment, console=None) -> None:
     console.print(explain_tree(result))
     worst = result.worst_term()
     if worst is not None:
-        cat, t = worst
-        coef = next(o.coefficient for o in result.overall_terms if o.category == cat)
-        gain = (10.0 - t.feature) * t.coefficient * coef
+        cat, t, gain = worst
         console.print(f"[bold red]Costs the most:[/] {cat} / {t.item} ({t.iqm} = {_fmt(t.value)} {t.unit}): "
                       f"fixing it would add {gain:.2f} points to the overall score")
     for w in result.warnings:

@@ -29,6 +29,9 @@ class Term(BaseModel):
     feature: float | None = Field(description="model input derived from the value (rubric item score 0-10, or z-score)")
     coefficient: float
     contribution: float
+    ci_low: float | None = Field(None, description="95 % CI of the coefficient (fitted models)")
+    ci_high: float | None = None
+    feature_kind: str = "rubric item score (0-10)"
     status: Status = "info"
 
 
@@ -46,6 +49,8 @@ class OverallTerm(BaseModel):
     score: float
     coefficient: float
     contribution: float
+    ci_low: float | None = None
+    ci_high: float | None = None
 
 
 class Assessment(BaseModel):
@@ -63,19 +68,23 @@ class Assessment(BaseModel):
     timings_s: dict[str, float] = {}
     versions: dict[str, str] = {}
 
-    def worst_term(self) -> tuple[str, Term] | None:
-        """The term that costs the most points of the overall score: (1 - feature/10) x item coefficient x
-        category coefficient, i.e. what the overall would gain if that item were perfect."""
+    def worst_term(self) -> tuple[str, Term, float] | None:
+        """The term that costs the most points of the overall score. Rubric: (10 - item score) x item
+        coefficient x category coefficient (what the overall gains if that item were perfect). Fitted model:
+        -contribution x category coefficient (what it gains if that IQM were at the training mean)."""
         cat_coef = {t.category: t.coefficient for t in self.overall_terms}
         best = None
         for name, cat in self.categories.items():
             for t in cat.terms:
                 if t.feature is None:
                     continue
-                loss = (10.0 - t.feature) * t.coefficient * cat_coef.get(name, 0.0)
+                if t.feature_kind.startswith("rubric"):
+                    loss = (10.0 - t.feature) * t.coefficient * cat_coef.get(name, 0.0)
+                else:
+                    loss = -t.contribution * cat_coef.get(name, 0.0)
                 if best is None or loss > best[0]:
                     best = (loss, name, t)
-        return None if best is None or best[0] <= 0 else (best[1], best[2])
+        return None if best is None or best[0] <= 0 else (best[1], best[2], best[0])
 
     def to_json_dict(self) -> dict:
         return {
@@ -100,7 +109,7 @@ class Assessment(BaseModel):
 
     def to_row(self) -> dict:
         """One flat row: overall, each category score, each IQM value (for CSV/audit tables)."""
-        row = {"source": self.source, "region": self.region, "overall": self.overall}
+        row = {"scan_id": self.source, "source": self.source, "region": self.region, "overall": self.overall}
         row.update({f"score_{n}": c.score for n, c in self.categories.items()})
         row.update({n: i.value for n, i in self.iqms.items()})
         row.update({f"status_{n}": i.status for n, i in self.iqms.items()})

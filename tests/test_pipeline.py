@@ -33,7 +33,8 @@ def test_a_cut_apex_costs_the_most(chest_phantom):
     from phantoms import simulate
 
     result = assess(simulate("chest", seed=3, z_end=60.0).scan)
-    cat, term = result.worst_term()
+    cat, term, gain = result.worst_term()
+    assert gain > 0
     assert (cat, term.item) == ("coverage", "apex_included")
     assert any("apex_included fails" in w for w in result.warnings)
 
