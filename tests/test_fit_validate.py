@@ -165,3 +165,11 @@ def test_cli_fit_assess_with_model_validate(tmp_path, chest_phantom):
     r = runner.invoke(app, ["fit", "--iqms", str(tmp_path / "nope.csv"), "--ratings", str(tmp_path / "ratings.csv"),
                             "--out", str(tmp_path / "m.json")])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_collinear_terms_warned():
+    rng = np.random.default_rng(3)
+    q1 = rng.normal(0, 1, 50)
+    X = pd.DataFrame({"q1": q1, "q2": 2 * q1 + rng.normal(0, 0.05, 50), "q3": rng.normal(0, 1, 50)})
+    part, warnings = fit_ols(X, pd.Series(q1 + rng.normal(0, 1, 50)), "collinear")
+    assert part["vif"]["q2"] > 5 and any("VIF" in w and "q2" in w for w in warnings)
