@@ -68,13 +68,13 @@ def ellipsoid_z_extent(axes, rot) -> float:
 
 @dataclass
 class HeadShape:
-    scale: float          # 1.0 = adult head ~ 150 x 190 mm
+    scale: float          # 1.0 = adult head ~ 150 x 190 mm; 0.9-1.2 gives WED ~ 14-19 cm
     skull_mm: float       # skull thickness
     ventricle: float      # ventricle size factor
 
     @classmethod
     def random(cls, rng: np.random.Generator) -> "HeadShape":
-        return cls(scale=float(rng.uniform(0.82, 1.08)), skull_mm=float(rng.uniform(5.0, 9.0)),
+        return cls(scale=float(rng.uniform(0.90, 1.20)), skull_mm=float(rng.uniform(5.0, 9.0)),
                    ventricle=float(rng.uniform(0.8, 1.4)))
 
     @property
@@ -158,6 +158,9 @@ def head_labels(grid: Grid, shape: HeadShape, center, rot) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 
 
+ARMS_DOWN_MAX_HALF_WIDTH = 245.0  # mm: trunk half-width + arm (100 mm) must stay inside a 500 mm field
+
+
 @dataclass
 class ChestShape:
     half_width: float     # body semi-axis LR (mm)
@@ -168,10 +171,12 @@ class ChestShape:
 
     @classmethod
     def random(cls, rng: np.random.Generator, arms_up: bool | None = None) -> "ChestShape":
-        w = float(rng.uniform(130.0, 200.0))
+        w = float(rng.uniform(140.0, 235.0))  # WED ~ 21-38 cm
+        up = bool(rng.random() < 0.7) if arms_up is None else bool(arms_up)
+        if w + 100.0 > ARMS_DOWN_MAX_HALF_WIDTH:  # arms beside a wide trunk would leave the 500 mm field
+            up = True
         return cls(half_width=w, half_depth=w * float(rng.uniform(0.62, 0.75)), fat_mm=float(rng.uniform(6, 30)),
-                   lung_length=float(rng.uniform(220, 290)),
-                   arms_up=bool(rng.random() < 0.7) if arms_up is None else bool(arms_up))
+                   lung_length=float(rng.uniform(220, 290)), arms_up=up)
 
     @property
     def apex_z(self) -> float:

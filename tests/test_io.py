@@ -38,7 +38,7 @@ def test_dicom_metadata_extracted(head_files, head_phantom):
 
 def test_nifti_sidecar_metadata(head_files):
     meta = load_scan(head_files["scan"]).metadata
-    assert meta["CTDIvol"] == pytest.approx(50.0)
+    assert meta["CTDIvol"] == pytest.approx(60.0)  # 400 mAs x 0.15 mGy/mAs
     assert meta["WindowWidth"] == 80.0
 
 
