@@ -18,7 +18,8 @@ Artifacts (severity s in 0..1), applied to the sinogram:
 
 * ``metal``: a dense object (steel-like, mu = 30 mu_w) whose path adds beam hardening
   (p -= 0.02 s' p_metal^2) and photon starvation (it is in p, so N collapses behind it);
-* ``beam_hardening``: posterior-fossa style streaks: p -= b p_bone^2 with b proportional to s (dense bone
+* ``beam_hardening``: posterior-fossa style streaks: p -= 0.05 s p_bone^2 (p_bone: line integral of the
+  bone excess attenuation; dense bone
   paths are under-estimated, dark streaks between them);
 * ``ring``: gain error of 3 detector channels (N * (1 + 0.05 s)) in every view -> rings;
 * ``motion``: rigid translation growing linearly over the rotation up to 6 s mm, applied as a shift of each
@@ -89,7 +90,7 @@ def acquire_slice(hu_slice: np.ndarray, pixel_mm: float, mas: float, kernel: str
     if s > 0:
         bone = np.where(hu_slice > bone_hu, mu - MU_WATER, 0.0)
         pb = forward(bone, pixel_mm, theta)
-        p = p - 0.5 * s * pb**2
+        p = p - 0.05 * s * pb**2
     s = artifacts.get("metal", 0.0)
     if s > 0 and metal_mask is not None and metal_mask.any():
         pm = forward(np.where(metal_mask, 30.0 * MU_WATER, 0.0), pixel_mm, theta)

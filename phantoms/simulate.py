@@ -228,6 +228,7 @@ def simulate(region: str = "head", seed: int = 0, *, mas: float | None = None, d
     noise_rng = np.random.default_rng([seed, 7919])  # separate stream: same noise draws with/without artifacts
     sino_shape = projection.sinogram_shape(grid.n)
     art_delta = np.zeros(ideal.shape, dtype=np.float32)
+    noisy_delta = np.zeros(ideal.shape, dtype=np.float32)  # projection mode: noisy with - noisy without
     if mode == "image":
         clean = ndi.gaussian_filter(ideal, sigma=(0, psf_mm / grid.pixel_mm, psf_mm / grid.pixel_mm))
         sigma = image_noise_sd(region, kernel, eff_mas, slice_mm, wed_mean, grid.pixel_mm)
@@ -253,10 +254,12 @@ def simulate(region: str = "head", seed: int = 0, *, mas: float | None = None, d
             noisy[k], clean[k] = projection.acquire_slice(ideal[k], grid.pixel_mm, eff_mas, kernel, z, artifacts,
                                                                 metal_mask=mm, slice_mm=slice_mm)
             if artifacts and _artifact_on_slice(artifacts, mm, ideal[k]):
-                zero = np.zeros(sino_shape)
-                _, without = projection.acquire_slice(ideal[k], grid.pixel_mm, eff_mas, kernel, zero, {}, metal_mask=mm,
-                                                    slice_mm=slice_mm)
+                # same noise draws without the artifact: the noisy difference also shows photon-starvation
+                # streaks, which the noise-free difference cannot
+                noisy_without, without = projection.acquire_slice(ideal[k], grid.pixel_mm, eff_mas, kernel, z, {},
+                                                                  metal_mask=mm, slice_mm=slice_mm)
                 art_delta[k] = clean[k] - without
+                noisy_delta[k] = noisy[k] - noisy_without
         yy, xx = np.mgrid[: grid.n, : grid.n]
         outside = np.hypot(yy - (grid.n - 1) / 2, xx - (grid.n - 1) / 2) > grid.n / 2 - 1
         noisy[:, outside] = -1024.0
@@ -265,10 +268,13 @@ def simulate(region: str = "head", seed: int = 0, *, mas: float | None = None, d
     noisy = np.clip(np.rint(noisy), -1024, 3071).astype(np.float32)
     clean_q = np.clip(clean, -1024, 3071).astype(np.float32)
 
-    # artifact truth mask: where the noise-free artifact difference exceeds 5 HU (bit flags per artifact)
+    # artifact truth mask (bit flags per artifact): where the artifact changes the image by more than 5 HU
+    # (Gaussian-smoothed absolute difference, sigma 1 px): noise-free difference, and in projection mode also
+    # the same-noise-draw difference (photon starvation)
     art_mask = None
     if artifacts:
         visible = ndi.gaussian_filter(np.abs(art_delta), sigma=(0, 1, 1)) > ARTIFACT_THRESHOLD_HU
+        visible |= ndi.gaussian_filter(np.abs(noisy_delta), sigma=(0, 1, 1)) > ARTIFACT_THRESHOLD_HU
         if metal_mask is not None:
             visible |= metal_mask
         art_mask = np.zeros(labels.shape, dtype=np.uint8)

@@ -130,12 +130,24 @@ def demo(out: Path = typer.Option(Path("qc_demo_out"), "--out", help="Folder for
         print_explain(run_assess(path))
 
 
+class SimWhat(str, Enum):
+    head = "head"
+    chest = "chest"
+    dataset = "dataset"
+
+
+class SimMode(str, Enum):
+    image = "image"
+    projection = "projection"
+
+
 @app.command()
 @_input_errors_exit_2
 def simulate(
-    region: SimRegion = typer.Argument(..., help="head or chest"),
+    what: SimWhat = typer.Argument(..., help="head, chest, or dataset (a varied set with manifest.csv)"),
     out: Path = typer.Option(..., "--out", help="Output folder (scan.nii.gz, labels.nii.gz, truth.json)."),
-    mas: Optional[float] = typer.Option(None, "--mas", help="Tube current-time product (default 250 head, 100 chest)."),
+    mas: Optional[float] = typer.Option(None, "--mas", help="Tube current-time product (default 400 head, 100 chest)."),
+    dose_fraction: float = typer.Option(1.0, "--dose-fraction", help="Dose level as a fraction of --mas (0-1]."),
     kernel: Kernel = typer.Option(Kernel.smooth, "--kernel"),
     shift_x: float = typer.Option(0.0, "--shift-x", help="Lateral off-centre shift, mm (+ = patient left)."),
     shift_y: float = typer.Option(0.0, "--shift-y", help="Vertical shift, mm (+ = posterior: table too low, supine)."),
@@ -144,20 +156,36 @@ def simulate(
     pitch: float = typer.Option(0.0, "--pitch", help="Head pitch, degrees (+ = chin down)."),
     z_start: Optional[float] = typer.Option(None, "--z-start", help="Scan range start, mm (head centre/carina = 0)."),
     z_end: Optional[float] = typer.Option(None, "--z-end", help="Scan range end, mm."),
+    slice_mm: Optional[float] = typer.Option(None, "--slice-mm", help="Slice thickness = spacing, mm."),
+    artifact: Optional[list[str]] = typer.Option(None, "--artifact", help="NAME[:SEVERITY], repeatable: metal, beam_hardening, ring, motion, truncation."),
+    mode: SimMode = typer.Option(SimMode.image, "--mode", help="image (fast, NPS-shaped noise) or projection (radon/Poisson/FBP)."),
     seed: int = typer.Option(0, "--seed"),
-    matrix: int = typer.Option(256, "--matrix", help="256 or 512."),
+    matrix: int = typer.Option(256, "--matrix", help="256 or 512 (128 for quick tests)."),
     dicom: bool = typer.Option(False, "--dicom", help="Also write a DICOM series in OUT/dicom."),
+    n: int = typer.Option(10, "--n", help="dataset: number of scans."),
+    region: str = typer.Option("mixed", "--region", help="dataset: head, chest or mixed."),
+    artifact_prob: float = typer.Option(0.3, "--artifact-prob", help="dataset: probability of one random artifact per scan."),
 ):
-    """Simulate a head or chest CT with ground truth (image-domain acquisition model)."""
+    """Simulate a head or chest CT with ground truth, or a varied dataset with manifest.csv."""
     from phantoms import simulate as sim
     from phantoms import write_phantom
+    from phantoms.dataset import make_dataset
+    from phantoms.simulate import parse_artifacts
     from qc.errors import QCInputError
 
-    if matrix not in (256, 512):
-        raise QCInputError("--matrix must be 256 or 512")
+    if matrix not in (128, 256, 512):
+        raise QCInputError("--matrix must be 128, 256 or 512")
     try:
-        ph = sim(region.value, seed=seed, mas=mas, kernel=kernel.value, shift_x=shift_x, shift_y=shift_y, yaw=yaw,
-                 roll=roll, pitch=pitch, z_start=z_start, z_end=z_end, matrix=matrix)
+        if what == SimWhat.dataset:
+            if region not in ("head", "chest", "mixed"):
+                raise ValueError("--region for a dataset must be head, chest or mixed")
+            manifest = make_dataset(out, n=n, region=region, seed=seed, matrix=matrix, mode=mode.value,
+                                    artifact_prob=artifact_prob, dicom=dicom)
+            typer.echo(f"manifest: {manifest}")
+            return
+        ph = sim(what.value, seed=seed, mas=mas, dose_fraction=dose_fraction, kernel=kernel.value, shift_x=shift_x,
+                 shift_y=shift_y, yaw=yaw, roll=roll, pitch=pitch, z_start=z_start, z_end=z_end, matrix=matrix,
+                 slice_mm=slice_mm, mode=mode.value, artifacts=parse_artifacts(artifact))
     except ValueError as exc:
         raise QCInputError(str(exc)) from None
     paths = write_phantom(ph, out, dicom=dicom)
