@@ -23,7 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--full", action="store_true", help="run the 512^2 x 300 projection scan for real (~20 min)")
     args = ap.parse_args()
-    from tests.test_phantoms import nps_mean_frequency
+    from metrics.noise import nps_mean_frequency
 
     print("| scan | image mode (s) | projection mode (s) |")
     print("|---|---|---|")

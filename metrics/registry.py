@@ -78,6 +78,6 @@ def register_iqm(*, unit: str, direction: Direction, formula: str, reference: st
 
 def get_registry() -> dict[str, IQMSpec]:
     """All registered IQMs (imports the metric modules so that they register)."""
-    from metrics import coverage, noise, positioning, protocol  # noqa: F401
+    from metrics import artifacts, coverage, dose, noise, positioning, protocol  # noqa: F401
 
     return REGISTRY

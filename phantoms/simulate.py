@@ -321,8 +321,11 @@ def simulate(region: str = "head", seed: int = 0, *, mas: float | None = None, d
         "SliceThickness": slice_mm, "PatientPosition": "HFS", "FOVCenterLPS": [0.0, 0.0],
     }
     x0 = float(grid.xy[0])
+    fov_mask = None
+    if mode == "projection":  # only the reconstruction circle holds data
+        fov_mask = np.broadcast_to(~outside, noisy.shape).copy()
     scan = Scan(hu=noisy, spacing=(slice_mm, grid.pixel_mm, grid.pixel_mm), origin=(x0, x0, float(grid.z[0])),
-                metadata=meta, source=f"phantom:{region}:seed{seed}")
+                metadata=meta, fov=fov_mask, source=f"phantom:{region}:seed{seed}")
     return Phantom(scan=scan, noise_free=clean_q, labels=labels, truth=_jsonable(truth), artifact_mask=art_mask)
 
 

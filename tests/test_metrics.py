@@ -154,3 +154,86 @@ def test_dose_iqms_from_header(head_phantom):
     got = _iqm(head_phantom.scan)
     assert got["ctdivol_mgy"] == pytest.approx(head_phantom.truth["ctdivol_mgy"])
     assert got["tube_current_time_product_mas"] == pytest.approx(head_phantom.truth["mas"])
+
+
+# ------------------------------------------------------------------ size and dose
+@pytest.mark.parametrize("region, seed", [("head", 2), ("head", 7), ("chest", 3), ("chest", 10)])
+def test_water_equivalent_diameter_matches_truth(region, seed):
+    ph = simulate(region, seed=seed)
+    assert _iqm(ph.scan)["water_equivalent_diameter_mm"] == pytest.approx(ph.truth["wed_mm"], rel=0.03)
+
+
+def test_ssde_and_dlp_follow_their_definitions(chest_phantom):
+    from metrics.dose import ssde_factor
+
+    got = _iqm(chest_phantom.scan)
+    ctdi = chest_phantom.truth["ctdivol_mgy"]
+    assert got["ssde_mgy"] == pytest.approx(ctdi * ssde_factor(got["water_equivalent_diameter_mm"], "chest"))
+    # TG-204 Table 1B (32 cm phantom): a 30 cm effective diameter has f = 1.23
+    assert ssde_factor(300.0, "chest") == pytest.approx(1.23, abs=0.01)
+    length = chest_phantom.truth["scan_top_mm"] - chest_phantom.truth["scan_bottom_mm"]
+    assert got["scan_length_mm"] == pytest.approx(length, abs=1e-6)
+    assert got["dlp_mgy_cm"] == pytest.approx(ctdi * length / 10.0)
+
+
+# ------------------------------------------------------------------ noise texture, CNR, air
+@pytest.mark.parametrize("region, kernel, mode", [("head", "smooth", "image"), ("head", "sharp", "image"),
+                                                   ("chest", "smooth", "image"), ("chest", "sharp", "image"),
+                                                   ("head", "smooth", "projection")])
+def test_nps_mean_frequency_matches_true_noise(region, kernel, mode):
+    from metrics.noise import nps_mean_frequency
+
+    slab = {} if mode == "image" else dict(z_start=0.0, z_end=20.0)
+    ph = simulate(region, seed=5, kernel=kernel, mode=mode, **slab)
+    truth = nps_mean_frequency(ph.scan.hu - ph.noise_free, ph.truth["pixel_mm"])
+    assert _iqm(ph.scan)["nps_mean_frequency_per_mm"] == pytest.approx(truth, rel=0.10)
+
+
+@pytest.mark.parametrize("kw", [dict(seed=4), dict(seed=5, kernel="sharp", mas=200),
+                                dict(seed=6, mode="projection", z_start=0.0, z_end=20.0)])
+def test_cnr_gm_wm_matches_truth(kw):
+    ph = simulate("head", **kw)
+    assert _iqm(ph.scan)["cnr_gm_wm"] == pytest.approx(ph.truth["cnr_gm_wm"], rel=0.10)
+
+
+def test_air_noise_at_moderate_noise():
+    ph = simulate("chest", seed=3)  # ~5 HU: far from the -1024 HU clamp
+    assert _iqm(ph.scan)["air_noise_sd_hu"] == pytest.approx(ph.truth["noise_sd_hu"], rel=0.05)
+
+
+# ------------------------------------------------------------------ head angles
+@pytest.mark.parametrize("yaw, roll, pitch", [(8, -5, 6), (-4, 3, 0), (0, 0, -10), (12, 0, 0)])
+def test_head_angles_match_truth(yaw, roll, pitch):
+    got = _iqm(simulate("head", seed=2, yaw=yaw, roll=roll, pitch=pitch).scan)
+    assert got["head_yaw_deg"] == pytest.approx(yaw, abs=2.0)
+    assert got["head_roll_deg"] == pytest.approx(roll, abs=2.0)
+    assert got["head_pitch_deg"] == pytest.approx(pitch, abs=2.0)
+
+
+# ------------------------------------------------------------------ artifacts
+def test_truncation_detected_when_body_leaves_the_field():
+    assert _iqm(simulate("chest", seed=3, matrix=128).scan)["truncation_pct"] == 0.0
+    assert _iqm(simulate("chest", seed=3, matrix=128, shift_x=120).scan)["truncation_pct"] > 90.0
+
+
+def test_metal_artifact_index_separates_metal():
+    kw = dict(seed=3, z_start=-45.0, z_end=-20.0)
+    clean = _iqm(simulate("head", **kw).scan, "head")["metal_artifact_index_hu"]
+    metal = _iqm(simulate("head", artifacts={"metal": 0.5}, **kw).scan, "head")["metal_artifact_index_hu"]
+    assert clean == 0.0 and metal > 10.0
+
+
+def test_ring_index_separates_strong_rings():
+    from sklearn.metrics import roc_auc_score
+
+    from metrics.artifacts import ring_index_hu
+
+    scores, labels = [], []
+    for seed in (1, 2, 3):
+        for sev in (0.0, 1.0):
+            for region, zr in (("head", (0.0, 10.0)), ("chest", (-60.0, -40.0))):
+                ph = simulate(region, seed=seed, matrix=128, z_start=zr[0], z_end=zr[1],
+                              artifacts={"ring": sev} if sev else None)
+                scores.append(ring_index_hu(ph.scan.hu, compute_masks(ph.scan)["body_mask"]) / (1 + ph.truth["noise_sd_hu"]))
+                labels.append(sev > 0)
+    assert roc_auc_score(labels, scores) >= 0.95

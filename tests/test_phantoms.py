@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from metrics.noise import nps_mean_frequency
 from phantoms import simulate
 from phantoms.simulate import ARTIFACT_BITS
 from phantoms.tissues import NAME_TO_LABEL
@@ -14,17 +15,6 @@ from tests.conftest import shared_path
 # thin slabs keep the projection mode fast (about 1 s per 256^2 slice)
 HEAD_SLAB = dict(z_start=10.0, z_end=12.5)
 CHEST_SLAB = dict(z_start=-90.0, z_end=-85.0)
-
-
-def nps_mean_frequency(noise: np.ndarray, pixel_mm: float, n: int = 64) -> float:
-    """Radial mean frequency (1/mm) of the 2-D NPS of central n x n ROIs (mean removed)."""
-    c = noise.shape[1] // 2
-    rois = noise[:, c - n // 2 : c + n // 2, c - n // 2 : c + n // 2]
-    rois = rois - rois.mean(axis=(1, 2), keepdims=True)
-    nps = (np.abs(np.fft.fft2(rois)) ** 2).mean(axis=0)
-    f = np.fft.fftfreq(n, d=pixel_mm)
-    radial = np.hypot(f[:, None], f[None, :])
-    return float((radial * nps).sum() / nps.sum())
 
 
 def test_same_seed_identical_different_seed_different():
