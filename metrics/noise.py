@@ -205,3 +205,139 @@ def nps_mean_frequency_per_mm(hu, spacing, body_mask):
     f = np.fft.fftfreq(n, d=spacing[2])
     radial = np.hypot(f[:, None], f[None, :])
     return float((radial * nps).sum() / nps.sum())
+
+
+# ------------------------------------------------------------------ noise in anatomical ROIs
+ROI_REF = ("AAPM Report 233 (2019) sec. 4 (noise in homogeneous ROIs); ROI placement after the Chest CT-IQA and "
+           "head-CT QC literature: white matter of the centrum semiovale, posterior fossa, subcutaneous fat, "
+           "paraspinal muscle")
+
+
+ROI_SMOOTH_MM = 3.0
+
+
+def roi_noise(hu, spacing, roi: np.ndarray) -> float | None:
+    """Mode of the local SD (kernel as :func:`local_sd_map`) over an ROI whose whole kernel lies inside it."""
+    from scipy import ndimage as ndi
+
+    zs = np.nonzero(roi.reshape(roi.shape[0], -1).any(axis=1))[0]
+    if zs.size == 0:
+        return None
+    if zs.size > 24:
+        zs = zs[np.linspace(0, zs.size - 1, 24).round().astype(int)]
+    _mean, sd, k = local_sd_map(hu[zs], spacing)
+    core = ndi.binary_erosion(roi[zs], structure=np.ones((1, k, k), bool))
+    if core.sum() < 100:
+        return None
+    return histogram_mode(sd[core])
+
+
+def _cavity_z_fraction(intracranial_mask) -> np.ndarray:
+    """Per slice, the relative height (0 = lowest, 1 = highest slice of the cranial cavity); -1 outside."""
+    area = intracranial_mask.reshape(intracranial_mask.shape[0], -1).sum(axis=1)
+    ks = np.nonzero(area > 0.05 * area.max())[0] if area.max() > 0 else np.array([], int)
+    frac = np.full(len(area), -1.0)
+    if ks.size >= 2:
+        frac[ks[0] : ks[-1] + 1] = (np.arange(ks[0], ks[-1] + 1) - ks[0]) / (ks[-1] - ks[0])
+    return frac
+
+
+def white_matter_roi(hu, spacing, intracranial_mask):
+    """White matter (Gaussian-mixture class) at 30-75 % of the cranial cavity height (centrum semiovale)."""
+    classes = grey_white_classes(hu, intracranial_mask, spacing)
+    if classes is None:
+        return None
+    frac = _cavity_z_fraction(intracranial_mask)
+    return classes[1] & ((frac >= 0.30) & (frac <= 0.75))[:, None, None]
+
+
+def posterior_fossa_roi(hu, spacing, intracranial_mask):
+    """Brain tissue (15-55 HU, 3 mm-smoothed) in the lowest 25 % of the cavity height, posterior half."""
+    from scipy import ndimage as ndi
+
+    frac = _cavity_z_fraction(intracranial_mask)
+    low = ((frac >= 0.0) & (frac <= 0.25))[:, None, None]
+    yy = np.nonzero(intracranial_mask)[1]
+    if yy.size == 0:
+        return None
+    posterior = (np.arange(hu.shape[1]) > float(np.median(yy)))[None, :, None]
+    sig = ROI_SMOOTH_MM / spacing[2]
+    smooth = ndi.gaussian_filter(hu, sigma=(0, sig, sig))
+    return intracranial_mask & low & posterior & (smooth > 15) & (smooth < 55)
+
+
+def subcutaneous_fat_roi(hu, spacing, body_mask):
+    """Fat (1.5 mm-smoothed -150..-50 HU) 3 px to 40 mm deep to the body surface, eroded by 2 px (edges blurred by the kernel)."""
+    from scipy import ndimage as ndi
+
+    sig = 1.5 / spacing[2]
+    smooth = ndi.gaussian_filter(hu, sigma=(0, sig, sig))
+    depth = np.zeros(hu.shape, dtype=np.float32)
+    for k in range(hu.shape[0]):
+        if body_mask[k].any():
+            depth[k] = ndi.distance_transform_edt(body_mask[k], sampling=spacing[1:])
+    roi = body_mask & (depth > 3 * spacing[2]) & (depth <= 40) & (smooth > -150) & (smooth < -50)
+    return ndi.binary_erosion(roi, structure=np.ones((1, 5, 5), bool))
+
+
+def paraspinal_muscle_roi(hu, spacing, body_mask):
+    """Muscle (3 mm-smoothed 20-80 HU) 5-60 mm from the vertebral body (the largest bone component near the
+    posterior midline), posterior to its centre."""
+    from scipy import ndimage as ndi
+
+    sig = ROI_SMOOTH_MM / spacing[2]
+    smooth = ndi.gaussian_filter(hu, sigma=(0, sig, sig))
+    roi = np.zeros(hu.shape, dtype=bool)
+    for k in range(hu.shape[0]):
+        if not body_mask[k].any():
+            continue
+        ys, xs = np.nonzero(body_mask[k])
+        x_mid = 0.5 * (xs.min() + xs.max())
+        lab, n = ndi.label((smooth[k] > 150) & body_mask[k])
+        best, best_size = None, 0
+        for j, sl in enumerate(ndi.find_objects(lab), start=1):
+            cy, cx = (sl[0].start + sl[0].stop) / 2, (sl[1].start + sl[1].stop) / 2
+            size = int((lab[sl] == j).sum())
+            if abs(cx - x_mid) * spacing[2] < 25 and cy > ys.mean() and size * spacing[1] * spacing[2] > 200 and size > best_size:
+                best, best_size = j, size
+        if best is None:
+            continue
+        d = ndi.distance_transform_edt(lab != best, sampling=spacing[1:])
+        roi[k] = (d >= 5) & (d <= 60) & body_mask[k] & (smooth[k] > 20) & (smooth[k] < 80)
+        roi[k, : int(np.nonzero(lab == best)[0].mean()), :] = False
+    return roi
+
+
+@register_iqm(unit="HU", direction="lower_is_better", regions=("head",), reference=ROI_REF,
+              formula="mode of local SD over white matter (Gaussian-mixture class) at 30-75 % of the cranial cavity "
+              "height (centrum semiovale level)")
+def noise_sd_white_matter_hu(hu, spacing, intracranial_mask):
+    """Noise in the cerebral white matter (centrum semiovale)."""
+    roi = white_matter_roi(hu, spacing, intracranial_mask)
+    return None if roi is None else roi_noise(hu, spacing, roi)
+
+
+@register_iqm(unit="HU", direction="lower_is_better", regions=("head",), reference=ROI_REF,
+              formula="mode of local SD over brain tissue (15-55 HU, 3 mm-smoothed) in the lowest 25 % of the cranial "
+              "cavity height and its posterior half")
+def noise_sd_posterior_fossa_hu(hu, spacing, intracranial_mask):
+    """Noise in the posterior fossa (cerebellum), where beam hardening and streaks concentrate."""
+    roi = posterior_fossa_roi(hu, spacing, intracranial_mask)
+    return None if roi is None else roi_noise(hu, spacing, roi)
+
+
+@register_iqm(unit="HU", direction="lower_is_better", regions=("chest",), reference=ROI_REF,
+              formula="SD of HU over subcutaneous fat (1.5 mm-smoothed -150..-50 HU 3 px to 40 mm deep, "
+              "eroded 2 px); a plain ROI SD because the fat layer is often thinner than the local-SD kernel")
+def noise_sd_subcutaneous_fat_hu(hu, spacing, body_mask):
+    """Noise in the subcutaneous fat."""
+    roi = subcutaneous_fat_roi(hu, spacing, body_mask)
+    return float(hu[roi].std()) if roi.sum() >= 200 else None
+
+
+@register_iqm(unit="HU", direction="lower_is_better", regions=("chest",), reference=ROI_REF,
+              formula="mode of local SD over muscle (3 mm-smoothed 20-80 HU) 5-60 mm posterior/lateral of the "
+              "vertebral body")
+def noise_sd_paraspinal_muscle_hu(hu, spacing, body_mask):
+    """Noise in the paraspinal muscles."""
+    return roi_noise(hu, spacing, paraspinal_muscle_roi(hu, spacing, body_mask))

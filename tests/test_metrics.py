@@ -237,3 +237,34 @@ def test_ring_index_separates_strong_rings():
                 scores.append(ring_index_hu(ph.scan.hu, compute_masks(ph.scan)["body_mask"]) / (1 + ph.truth["noise_sd_hu"]))
                 labels.append(sev > 0)
     assert roc_auc_score(labels, scores) >= 0.95
+
+
+# ------------------------------------------------------------------ noise in anatomical ROIs
+@pytest.mark.parametrize("region, kw", [("head", dict(seed=4)), ("head", dict(seed=5, kernel="sharp", mas=100)),
+                                        ("head", dict(seed=6, mode="projection", z_start=-35.0, z_end=40.0)),
+                                        ("chest", dict(seed=3)), ("chest", dict(seed=2, kernel="sharp"))])
+# Not in the list: the chest in projection mode, where the paraspinal ROI also picks up the FBP streak texture
+# around the vertebra that the noise-free twin contains (measured 7.05 vs 5.91 HU noise-only, seed 6); that
+# texture is real image degradation, but not "noise" by the twin's definition.
+def test_roi_noise_matches_noise_in_the_same_roi(region, kw):
+    """Truth: SD of (noisy - noise-free twin) over the ROI the metric placed (noise is not stationary in the
+    projection mode, so tissue-wide truth would not do)."""
+    from metrics import noise as N
+
+    ph = simulate(region, **kw)
+    s, masks = ph.scan, compute_masks(ph.scan)
+    got = _iqm(s)
+    field = s.hu - ph.noise_free
+    if region == "head":
+        rois = {"noise_sd_white_matter_hu": N.white_matter_roi(s.hu, s.spacing, masks["intracranial_mask"]),
+                "noise_sd_posterior_fossa_hu": N.posterior_fossa_roi(s.hu, s.spacing, masks["intracranial_mask"])}
+    else:
+        rois = {"noise_sd_subcutaneous_fat_hu": N.subcutaneous_fat_roi(s.hu, s.spacing, masks["body_mask"]),
+                "noise_sd_paraspinal_muscle_hu": N.paraspinal_muscle_roi(s.hu, s.spacing, masks["body_mask"])}
+    measured = 0
+    for name, roi in rois.items():
+        if got[name] is None:
+            continue
+        measured += 1
+        assert got[name] == pytest.approx(float(field[roi].std()), rel=0.05), name
+    assert measured >= 1
