@@ -205,7 +205,15 @@ def _load_image_file(path: Path, max_memory_gb: float) -> Scan:
     if len(size) > 4:
         raise QCInputError(f"{len(size)}-D image: give one 3-D CT volume", path)
     _check_memory(int(np.prod(size)), max_memory_gb, path)
+    bad_values = _nifti_check(path) if path.name.lower().endswith((".nii", ".nii.gz")) else None
     img = _sitk_read(path)
+    if bad_values is not None and bad_values.ndim == img.GetDimension():
+        # ITK's NIfTI reader turns NaN into 0: put them back so that _finalise sees and reports them
+        arr = sitk.GetArrayFromImage(img).astype(np.float32)
+        arr[bad_values.T] = np.nan
+        fixed = sitk.GetImageFromArray(arr)
+        fixed.CopyInformation(img)
+        img = fixed
     warns = []
     if img.GetDimension() == 4:
         img = img[:, :, :, 0]
@@ -216,6 +224,41 @@ def _load_image_file(path: Path, max_memory_gb: float) -> Scan:
     scan = _scan_from_sitk(img, metadata, str(path))
     scan.warnings.extend(warns)
     return scan
+
+
+def _nifti_check(path: Path) -> np.ndarray | None:
+    """Integrity checks that ITK's NIfTI reader skips: a truncated (gzip) file reads as zeros there, zero
+    or negative pixdim becomes 1 mm, NaN becomes 0. Reads the file once with nibabel; returns the mask of
+    non-finite voxels (stored order, x-fastest as nibabel indexes it) or None."""
+    import gzip
+    import logging
+    import struct
+
+    import nibabel as nib
+
+    logging.getLogger("nibabel").setLevel(logging.ERROR)  # it "fixes" bad headers with a log line; we refuse them
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            raw = fh.read(348)
+        little = struct.unpack("<i", raw[:4])[0] == 348
+        ndim = struct.unpack(("<" if little else ">") + "h", raw[40:42])[0]
+        pixdim = struct.unpack(("<" if little else ">") + "8f", raw[76:108])
+        img = nib.load(str(path))
+    except Exception as exc:  # struct/gzip/nibabel raise several types for a broken header
+        raise QCInputError(f"cannot read NIfTI header ({type(exc).__name__})", path) from None
+    zooms = pixdim[1 : 1 + min(3, max(ndim, 1))]
+    if any((not np.isfinite(z)) or z <= 0 for z in zooms):
+        raise QCInputError(f"invalid voxel spacing {tuple(round(z, 4) for z in zooms)} mm in the NIfTI header", path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # EOFError, zlib.error, OSError, ValueError on truncated/corrupt data
+        raise QCInputError(f"cannot read image data: truncated or corrupt file ({type(exc).__name__})", path) from None
+    if data.dtype.kind == "f":
+        bad = ~np.isfinite(data)
+        if bad.any():
+            return bad.reshape(bad.shape[:3]) if bad.ndim > 3 and bad.shape[3:] == (1,) * (bad.ndim - 3) else bad
+    return None
 
 
 def _sidecar_metadata(path: Path) -> dict:
