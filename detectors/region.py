@@ -5,7 +5,8 @@ classifier will replace. Features, per slice that contains the body:
   >= 30 % of the body cross-section;
 * lung fraction: share of slices whose lung area (``lung_mask``) covers >= 10 % of the body cross-section.
 
-head if skull >= 0.3 and skull > lung; chest if lung >= 0.3; otherwise other (e.g. abdomen, pelvis,
+head if skull >= 0.3 and skull > lung; chest if lung >= 0.2 (a chest scan with generous margins and
+upper abdomen still has lungs in >= 20 % of slices; the shared abdomen CT has 7 %); otherwise other (e.g. abdomen, pelvis,
 extremity), which this engine does not assess.
 """
 
@@ -36,6 +37,6 @@ def classify_region(body_mask: np.ndarray, lung_mask: np.ndarray, intracranial_m
     feats = f"skull-ring slices {skull_frac:.0%}, lung slices {lung_frac:.0%}"
     if skull_frac >= 0.3 and skull_frac > lung_frac:
         return RegionDecision("head", skull_frac, lung_frac, f"head: {feats}")
-    if lung_frac >= 0.3:
+    if lung_frac >= 0.2:
         return RegionDecision("chest", skull_frac, lung_frac, f"chest: {feats}")
     return RegionDecision("other", skull_frac, lung_frac, f"neither head nor chest ({feats})")

@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from qc.cli_util import input_errors_exit_2 as _input_errors_exit_2
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -35,23 +37,6 @@ class SimRegion(str, Enum):
 class Kernel(str, Enum):
     smooth = "smooth"
     sharp = "sharp"
-
-
-def _input_errors_exit_2(func):
-    """Map our documented input errors to a one-line message on stderr and exit code 2."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from qc.errors import QCInputError
-
-        try:
-            return func(*args, **kwargs)
-        except QCInputError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def _version_cb(value: bool):
@@ -92,6 +77,7 @@ def assess(
     config: Optional[Path] = typer.Option(None, "--config", help="Hierarchy YAML (default: shipped rubric)."),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID to assess in a DICOM folder."),
     model: Optional[Path] = typer.Option(None, "--model", help="Fitted model JSON from `qc fit` (default: rubric)."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report (views, masks, explain tree)."),
 ):
     """Assess one CT scan and print its scores."""
     import json
@@ -100,6 +86,10 @@ def assess(
     from qc.report import print_explain, print_summary
 
     result = run_assess(path, region=region.value, config=config, series_uid=series, model=model)
+    if html_out is not None:
+        from qc.html_report import add_html
+
+        add_html(result, path, html_out, series_uid=series)
     if json_out is not None:
         _write_text(json_out, json.dumps(result.to_json_dict(), indent=2, default=str) + "\n")
     if csv_out is not None:
@@ -315,6 +305,15 @@ def iqms(markdown: bool = typer.Option(False, "--markdown", help="Print a Markdo
     for n, sp in reg.items():
         table.add_row(n, sp.unit, sp.direction, ",".join(sp.regions), sp.description)
     Console(width=160).print(table)
+
+
+def _register_audit_commands() -> None:
+    from qc.cli_audit import register
+
+    register(app)
+
+
+_register_audit_commands()
 
 
 def main(argv: list[str] | None = None) -> int:
