@@ -266,18 +266,25 @@ def posterior_fossa_roi(hu, spacing, intracranial_mask):
     return intracranial_mask & low & posterior & (smooth > 15) & (smooth < 55)
 
 
+def _sample_slices(body_mask, n: int = 24) -> np.ndarray:
+    """At most n slice indices, evenly spaced over the slices that contain the body (ROIs need no more)."""
+    zs = np.nonzero(body_mask.reshape(body_mask.shape[0], -1).any(axis=1))[0]
+    return zs if zs.size <= n else zs[np.linspace(0, zs.size - 1, n).round().astype(int)]
+
+
 def subcutaneous_fat_roi(hu, spacing, body_mask):
-    """Fat (1.5 mm-smoothed -150..-50 HU) 3 px to 40 mm deep to the body surface, eroded by 2 px (edges blurred by the kernel)."""
+    """Fat (1.5 mm-smoothed -150..-50 HU) 3 px to 40 mm deep to the body surface, eroded by 2 px (edges blurred
+    by the kernel), on at most 24 slices."""
     from scipy import ndimage as ndi
 
     sig = 1.5 / spacing[2]
-    smooth = ndi.gaussian_filter(hu, sigma=(0, sig, sig))
-    depth = np.zeros(hu.shape, dtype=np.float32)
-    for k in range(hu.shape[0]):
-        if body_mask[k].any():
-            depth[k] = ndi.distance_transform_edt(body_mask[k], sampling=spacing[1:])
-    roi = body_mask & (depth > 3 * spacing[2]) & (depth <= 40) & (smooth > -150) & (smooth < -50)
-    return ndi.binary_erosion(roi, structure=np.ones((1, 5, 5), bool))
+    roi = np.zeros(hu.shape, dtype=bool)
+    for k in _sample_slices(body_mask):
+        smooth = ndi.gaussian_filter(hu[k], sigma=sig)
+        depth = ndi.distance_transform_edt(body_mask[k], sampling=spacing[1:])
+        band = body_mask[k] & (depth > 3 * spacing[2]) & (depth <= 40) & (smooth > -150) & (smooth < -50)
+        roi[k] = ndi.binary_erosion(band, structure=np.ones((5, 5), bool))
+    return roi
 
 
 def paraspinal_muscle_roi(hu, spacing, body_mask):
@@ -286,11 +293,10 @@ def paraspinal_muscle_roi(hu, spacing, body_mask):
     from scipy import ndimage as ndi
 
     sig = ROI_SMOOTH_MM / spacing[2]
-    smooth = ndi.gaussian_filter(hu, sigma=(0, sig, sig))
     roi = np.zeros(hu.shape, dtype=bool)
-    for k in range(hu.shape[0]):
-        if not body_mask[k].any():
-            continue
+    smooth = np.zeros(hu.shape, dtype=np.float32)
+    for k in _sample_slices(body_mask):
+        smooth[k] = ndi.gaussian_filter(hu[k], sigma=sig)
         ys, xs = np.nonzero(body_mask[k])
         x_mid = 0.5 * (xs.min() + xs.max())
         lab, n = ndi.label((smooth[k] > 150) & body_mask[k])
