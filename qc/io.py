@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings as _pywarnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -683,7 +682,6 @@ def _finalise(scan: Scan, path: Path) -> Scan:
     scan.fov &= hu >= PADDING_BELOW_HU
     hu[~scan.fov] = AIR_HU
     scan.hu = hu
-    _pywarnings.filterwarnings("ignore", module="SimpleITK")
     return scan
 
 

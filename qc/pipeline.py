@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -139,11 +138,3 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
         versions=_versions(),
     )
 
-
-def default_output_name(path) -> str:
-    p = Path(str(path))
-    name = p.name
-    for suf in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
