@@ -22,6 +22,12 @@ assessed_at; an empty protocol/scanner is the group ``(unknown)``), sorted by gr
 
 Formats: ``csv`` (pandas), ``parquet`` (DuckDB ``COPY ... (FORMAT PARQUET)``), ``xlsx`` (openpyxl, one sheet
 named after ``by``).
+
+Text from the scans (protocol, scanner and kernel come from DICOM tags or a manifest) cannot become a
+spreadsheet formula (CSV/formula injection): in ``xlsx`` every text cell is stored as text, never as a formula;
+in ``csv`` a text value that a spreadsheet would evaluate (starting with ``=``, ``@``, a tab, a carriage return,
+or ``+``/``-`` not followed by a number) gets a leading apostrophe (OWASP). Parquet is typed: unchanged.
+The file is written where ``out`` says; nothing in its name comes from the data.
 """
 
 from __future__ import annotations
@@ -127,6 +133,48 @@ def export_table(store, by: str = "scan"):
     return scan_table(store) if by == "scan" else group_table(store, by)
 
 
+_FORMULA_START = ("=", "@", "\t", "\r", "+", "-")
+
+
+def _spreadsheet_safe(v):
+    """A text value a spreadsheet would not evaluate (see the module docstring); other values unchanged."""
+    if not isinstance(v, str) or not v.startswith(_FORMULA_START):
+        return v
+    if v[0] in "+-":
+        try:
+            float(v)
+            return v  # a signed number written as text
+        except ValueError:
+            pass
+    return "'" + v
+
+
+def _csv_safe(df):
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    out = df.copy()
+    for c in out.columns:
+        if is_object_dtype(out[c]) or is_string_dtype(out[c]):
+            out[c] = out[c].map(_spreadsheet_safe, na_action="ignore")
+    return out
+
+
+def _xlsx_no_formulas(path: Path) -> None:
+    """openpyxl stores a string that starts with '=' as a formula: store every such cell as text instead."""
+    import openpyxl
+
+    wb = openpyxl.load_workbook(path)
+    changed = False
+    for ws in wb.worksheets:
+        for row in ws.iter_rows():
+            for cell in row:
+                if cell.data_type == "f":
+                    cell.data_type = "s"
+                    changed = True
+    if changed:
+        wb.save(path)
+
+
 def export(store, fmt: str, by: str, out) -> Path:
     """Write the table for ``by`` to ``out`` in ``fmt`` (csv|parquet|xlsx); returns the path."""
     import pandas as pd
@@ -138,7 +186,7 @@ def export(store, fmt: str, by: str, out) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "csv":
-            df.to_csv(out, index=False)
+            _csv_safe(df).to_csv(out, index=False)
         elif fmt == "parquet":
             import duckdb
 
@@ -155,6 +203,7 @@ def export(store, fmt: str, by: str, out) -> Path:
                 if isinstance(xl[c].dtype, pd.DatetimeTZDtype):
                     xl[c] = xl[c].dt.tz_localize(None)
             xl.to_excel(out, index=False, sheet_name=by, engine="openpyxl")
+            _xlsx_no_formulas(out)
     except OSError as exc:
         raise QCInputError(f"cannot write output: {exc.strerror}", out) from None
     return out

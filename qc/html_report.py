@@ -248,8 +248,10 @@ def result_from_json(d: dict) -> Assessment:
     return Assessment.model_validate({**fields, "categories": cats, "iqms": iqms})
 
 
-def write_scan_report_from_store(store, key: str, out_html) -> Path:
-    """Individual report of one stored scan (``key`` or a unique prefix of it)."""
+def write_scan_report_from_store(store, key: str, out_html, root=None) -> Path:
+    """Individual report of one stored scan (``key`` or a unique prefix of it). A stored path relative to the
+    audited folder (``qc audit --paths relative``) is looked up under ``root``; a hashed one cannot be: the
+    report is then written without the images, saying why."""
     from qc.store import Store
 
     with Store(store, read_only=True) as st:
@@ -261,7 +263,15 @@ def write_scan_report_from_store(store, key: str, out_html) -> Path:
     if len(rows) > 1 and rows[0][0] != key:
         raise QCInputError(f"key prefix {key!r} matches several scans; give more of it", store)
     _, path, series_uid, rj = rows[0]
-    return write_scan_report(path, result_from_json(json.loads(rj)), out_html, series_uid=series_uid)
+    result = result_from_json(json.loads(rj))
+    if path and path.startswith("path-sha256:"):
+        return _write(out_html, scan_report_html(result, None, "the store holds hashed paths (audit --paths hashed)"))
+    if path and not Path(path).is_absolute():
+        if root is None:
+            return _write(out_html, scan_report_html(result, None, "the store holds paths relative to the audited "
+                                                     "folder: give --root DIR to show the images"))
+        path = str(Path(root) / path)
+    return write_scan_report(path, result, out_html, series_uid=series_uid)
 
 
 # ----------------------------------------------------------------------------------------------

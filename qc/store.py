@@ -1,7 +1,9 @@
 """The audit store: one DuckDB file that a protocol audit (``qc audit``) fills scan by scan.
 
-Keys. Every input has a *source id*: ``dicom:<SeriesInstanceUID>`` for a DICOM series, ``sha256:<hex>`` (of the
-file content) for NIfTI/NRRD/MHA files, ``missing:<path>`` for a manifest row whose path does not exist. The
+Keys. Every input has a *source id*: ``dicom:<SeriesInstanceUID>`` for a DICOM series (``dicom-hashed:<salted
+sha256 of the UID>`` in a store written with ``--paths hashed``), ``sha256:<hex>`` (of the file content) for
+NIfTI/NRRD/MHA files, ``missing:<salted sha256 of the path>`` for a path that does not exist (a manifest row, a
+broken symbolic link), ``unreadable:<salted sha256 of the path>`` for a file that cannot be opened. The
 row key is ``<source id>@<model version>``; the model version is ``ctqc-<version>+rubric`` or
 ``ctqc-<version>+model-<sha256 of the model JSON, 16 hex>``, so re-running with another model re-assesses
 everything, and re-running with the same one skips every key already in ``scans`` or ``errors``.
@@ -14,7 +16,9 @@ the next open.
 Tables (units in brackets):
 
 ``scans``
-    key (PK), source_id, model_version, path (file, or folder holding the series), series_uid, region
+    key (PK), source_id, model_version, path (file, or folder holding the series; absolute, relative to the audited
+    input, or ``path-sha256:<salted hash>``: see :class:`qc.audit.PathPolicy`), series_uid (NULL with
+    ``--paths hashed``), region
     (head|chest), protocol (ProtocolName, else SeriesDescription, else StudyDescription), scanner
     (Manufacturer + ManufacturerModelName), kernel (ConvolutionKernel), kvp [kV], mas (tube current-time
     product) [mAs], ctdivol [mGy], study_date (DATE), patient_id_hash / study_id_hash (salted sha256 of
@@ -31,8 +35,11 @@ Tables (units in brackets):
     tomographic CT: scout/localizer, other modality, 8-bit label map), reason (one line), error_type
     (exception class name), at (TIMESTAMP, UTC).
 
+``store_meta``
+    name (PK), value: ``schema_version``, and ``path_mode`` (absolute|relative|hashed), fixed by the first audit.
+
 Patient name, patient ID, birth date and accession number are never written, except the three identifiers
-in their own columns with ``keep_phi``.
+in their own columns with ``keep_phi``. Paths are written as the audit's ``--paths`` mode says.
 """
 
 from __future__ import annotations
@@ -164,6 +171,25 @@ class Store:
         if self.con is not None:
             self.con.close()
             self.con = None
+
+    # -- store_meta ---------------------------------------------------------------------------------
+    def meta(self, name: str) -> str | None:
+        row = self.con.execute("SELECT value FROM store_meta WHERE name = ?", [name]).fetchone()
+        return None if row is None else row[0]
+
+    def require_meta(self, name: str, value: str, option: str) -> None:
+        """Record ``name = value`` on first use; refuse (QCInputError) a later run that asks for another value.
+        A store from before the setting existed holds absolute paths."""
+        have = self.meta(name)
+        if have is None and name == "path_mode" and self.con.execute("SELECT count(*) FROM scans").fetchone()[0] + \
+                self.con.execute("SELECT count(*) FROM errors").fetchone()[0] > 0:
+            have = "absolute"
+            self.con.execute("INSERT OR IGNORE INTO store_meta VALUES (?, ?)", [name, have])
+        if have is None:
+            self.con.execute("INSERT OR IGNORE INTO store_meta VALUES (?, ?)", [name, value])
+        elif have != value:
+            raise QCInputError(f"store was written with {option} {have}; use the same (or another store), "
+                               f"not {option} {value}", self.path)
 
     # -- queries -----------------------------------------------------------------------------------
     def done_keys(self) -> set[str]:

@@ -254,6 +254,8 @@ def diagnostic_plots(model: dict, out_dir) -> list[Path]:
     import matplotlib.pyplot as plt
     from scipy import stats
 
+    from qc.safe_names import safe_child
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -268,7 +270,7 @@ def diagnostic_plots(model: dict, out_dir) -> list[Path]:
         stats.probplot(part["_resid"], dist="norm", plot=ax[1])
         ax[1].set_title(f"{name}: normal Q-Q")
         fig.tight_layout()
-        p = out / f"{name}_diagnostics.png"
+        p = safe_child(out, name, "_diagnostics.png")  # names come from the config/model: keep them inside out
         fig.savefig(p, dpi=80)
         plt.close(fig)
         paths.append(p)

@@ -110,6 +110,8 @@ def bland_altman_plots(pred: pd.DataFrame, ratings: pd.DataFrame, table: pd.Data
 
     from regression.fit import average_ratings
 
+    from qc.safe_names import safe_child
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mean_r, _ = average_ratings(ratings, list(table["score"]))
@@ -125,7 +127,7 @@ def bland_altman_plots(pred: pd.DataFrame, ratings: pd.DataFrame, table: pd.Data
         ax.set(xlabel="mean of prediction and rating", ylabel="prediction - rating",
                title=f"{c}: bias {row['bias']:.2f}, LoA [{row['loa_low']:.2f}, {row['loa_high']:.2f}]")
         fig.tight_layout()
-        p = out / f"bland_altman_{c}.png"
+        p = safe_child(out, f"bland_altman_{c}", ".png")  # c is a CSV column name: keep it inside out
         fig.savefig(p, dpi=80)
         plt.close(fig)
         paths.append(p)

@@ -340,3 +340,38 @@ def test_no_patient_identifier_in_any_output(tmp_path):
     assert row["scanner"] == "GE MEDICAL SYSTEMS HiSpeed Dual" and row["region"] == "head"
     export(store, "xlsx", "scan", tmp_path / "scan.xlsx")
     assert pid not in pd.read_excel(tmp_path / "scan.xlsx").to_csv()
+
+
+def test_worker_crash_is_retried_once_then_recorded(tmp_path, monkeypatch):
+    """A scan whose worker process dies (here os._exit(1) through the documented test hook
+    ``qc.audit.TEST_CRASH_ENV``, as the OOM killer would end it) is attempted exactly twice, then recorded in
+    ``errors`` with the reason; the other scans, queued on the same single worker, are stored, and the run
+    ends normally (the CLI's exit code 0)."""
+    import SimpleITK as sitk
+
+    from phantoms import simulate
+    from qc.audit import TEST_CRASH_ENV
+
+    root = tmp_path / "in"
+    for i, name in enumerate(("ok_a", "crash_me", "ok_b")):
+        (root / name).mkdir(parents=True)
+        img = sitk.Cast(simulate("head", seed=40 + i, matrix=128, slice_mm=5.0).scan.to_sitk(), sitk.sitkInt16)
+        sitk.WriteImage(img, str(root / name / "scan.nii.gz"))
+    attempts = tmp_path / "attempts.log"
+    # inherited by the worker processes the LocalCluster's nannies start (and restart) from this process
+    monkeypatch.setenv(TEST_CRASH_ENV, "crash_me")
+    monkeypatch.setenv("CTQC_TEST_CRASH_LOG", str(attempts))
+    store = tmp_path / "a.duckdb"
+    t = time.perf_counter()
+    r = CliRunner().invoke(_app(), ["audit", str(root), "--out", str(store), "--workers", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert time.perf_counter() - t < 120
+    crashed = [ln for ln in attempts.read_text().splitlines() if ln]
+    assert len(crashed) == 2 and all("crash_me" in p for p in crashed), crashed
+    with Store(store, read_only=True) as st:
+        scans = st.df("SELECT path FROM scans")["path"]
+        errs = st.df("SELECT path, reason, error_type, kind FROM errors")
+    assert sorted(Path(p).parent.name for p in scans) == ["ok_a", "ok_b"]
+    assert len(errs) == 1 and "crash_me" in errs["path"][0] and errs["kind"][0] == "error"
+    assert errs["error_type"][0] == "KilledWorker"
+    assert errs["reason"][0].startswith("the worker assessing this scan died twice"), errs["reason"][0]
