@@ -1,5 +1,5 @@
 """Patient size and dose IQMs: water-equivalent diameter (AAPM TG-220), size-specific dose estimate
-(AAPM TG-204 / TG-293), scan length and DLP."""
+(AAPM TG-204 / TG-293), scan length and DLP, and the length scanned beyond the protocol's anatomy."""
 
 from __future__ import annotations
 
@@ -74,3 +74,47 @@ def dlp_mgy_cm(metadata, z_positions):
     if ctdi is None or length is None:
         return None
     return float(ctdi) * length / 10.0
+
+
+# ------------------------------------------------------------------------------------------------
+# over-ranging: scanned length beyond the anatomy the protocol needs
+# ------------------------------------------------------------------------------------------------
+
+#: Length (mm) scanned beyond each protocol landmark that is still counted as needed: about two 5 mm
+#: slices of safety margin (head: vertex, foramen magnum; chest: lung apices, costophrenic recesses).
+EXCESS_TOLERANCE_MM = {"head": (10.0, 10.0), "chest": (10.0, 10.0)}  # (above the upper landmark, below the lower)
+EXCESS_REF = ("European Commission EUR 16262 (1999) anatomical coverage (head: foramen magnum to vertex; chest: lung "
+              "apices to bases); ICRP Publication 102 (2007): limit the scanned range to the region of interest")
+
+
+@register_iqm(unit="mm", direction="lower_is_better", reference=EXCESS_REF,
+              formula="excess = max(0, upper margin - 10 mm) + max(0, lower margin - 10 mm); margins: head "
+              "vertex_margin_mm, "
+              "skull_base_margin_mm; chest lung_apex_margin_mm, lung_base_margin_mm (metrics.coverage)")
+def excess_scan_length_mm(body_mask, intracranial_mask, lung_mask, spacing, z_positions, region):
+    """Scanned length beyond what the protocol needs (dose spent on no required anatomy): the part of the range
+    more than 10 mm above the vertex and below the foramen magnum (head), or above the lung apices and below
+    the costophrenic recesses (chest).
+
+    Built on the coverage margins, so it is as exact as they are; a cut landmark contributes 0 on its side.
+    None when neither margin can be measured."""
+    from metrics import coverage as C
+
+    if region == "head":
+        upper = C.vertex_margin_mm(body_mask, spacing, z_positions)
+        lower = C.skull_base_margin_mm(intracranial_mask, spacing, z_positions)
+    elif region == "chest":  # as lung_apex_margin_mm / lung_base_margin_mm, from one area profile
+        z = np.asarray(z_positions, dtype=float)
+        if z.size < 3:
+            return None
+        area = C._area_profile(lung_mask, spacing) / 100.0
+        lo, hi, _dz = C._edges(z)
+        apex, base = C.lung_end_z(area, z, "apex"), C.lung_end_z(area, z, "base")
+        upper = None if apex is None else max(hi - apex, 0.0)
+        lower = None if base is None else max(base - lo, 0.0)
+    else:
+        return None
+    if upper is None and lower is None:
+        return None
+    tol_up, tol_low = EXCESS_TOLERANCE_MM[region]
+    return float(max(0.0, (upper or 0.0) - tol_up) + max(0.0, (lower or 0.0) - tol_low))

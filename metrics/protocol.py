@@ -61,6 +61,10 @@ def window_width_error_pct(metadata, region):
     return 100.0 * (win[1] - width) / width
 
 
+#: slices per chunk in clipped_voxel_fraction_pct (bounds its temporaries to a few MiB)
+CHUNK_SLICES = 16
+
+
 @register_iqm(
     unit="%",
     direction="lower_is_better",
@@ -71,16 +75,22 @@ def window_width_error_pct(metadata, region):
 def clipped_voxel_fraction_pct(hu, body_mask):
     """Percentage of body voxels sitting at the stored maximum (or at a minimum above air): values saved
     already windowed. A normal CT has well under 0.1 %."""
-    vals = hu[body_mask]
-    if vals.size == 0:
+    # in chunks of slices, with masked reductions: no copy of the body's voxels (hu[body_mask] is a
+    # full-volume temporary); the counts and extremes are exact, so the result is the same
+    nz = hu.shape[0]
+    chunks = [slice(i, i + CHUNK_SLICES) for i in range(0, nz, CHUNK_SLICES)]
+    size = int(np.count_nonzero(body_mask))
+    if size == 0:
         return None
-    vmax, vmin = float(vals.max()), float(vals.min())
-    n = int(np.count_nonzero(vals == vmax))
+    lo, hi = (np.iinfo(hu.dtype).min, np.iinfo(hu.dtype).max) if hu.dtype.kind in "iu" else (-np.inf, np.inf)
+    vmax = max(np.max(hu[c], where=body_mask[c], initial=lo) for c in chunks)
+    vmin = min(np.min(hu[c], where=body_mask[c], initial=hi) for c in chunks)
+    n = sum(int(np.count_nonzero((hu[c] == vmax) & body_mask[c])) for c in chunks)
     if n <= 1:
         n = 0
-    if vmin > -900:
-        n += int(np.count_nonzero(vals == vmin))
-    return 100.0 * n / vals.size
+    if float(vmin) > -900:
+        n += sum(int(np.count_nonzero((hu[c] == vmin) & body_mask[c])) for c in chunks)
+    return 100.0 * n / size
 
 
 @register_iqm(

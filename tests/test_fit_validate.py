@@ -44,7 +44,9 @@ def _synthetic_study(n=80, readers=2, seed=0):
     iqm_names = sorted({q for qs in cats.values() for q in qs})
     iq = pd.DataFrame({q: rng.normal(10, 5, n) for q in iqm_names})
     iq.insert(0, "scan_id", [f"s{i}" for i in range(n)])
-    true = {c: 5 + iq[qs].to_numpy() @ rng.normal(0, 0.2, len(qs)) for c, qs in cats.items()}
+    # coefficients of magnitude 0.1-0.3: a near-zero draw would leave a one-item category with no signal to fit
+    true = {c: 5 + iq[qs].to_numpy() @ (rng.choice([-1, 1], len(qs)) * rng.uniform(0.1, 0.3, len(qs)))
+            for c, qs in cats.items()}
     overall = 1 + sum(0.15 * true[c] for c in cats)
     rows = []
     for r in range(readers):
