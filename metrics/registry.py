@@ -29,6 +29,7 @@ KNOWN_INPUTS = {
     "isocenter_xy": "(x, y) index coordinates (columns, rows) of the scanner isocentre",
     "metadata": "dict of DICOM keywords (qc.io)",
     "region": "'head' or 'chest'",
+    "classifier_outputs": "dict of the shipped classifiers' outputs (detectors.classifiers.predict); second IQM pass",
 }
 
 
@@ -78,6 +79,7 @@ def register_iqm(*, unit: str, direction: Direction, formula: str, reference: st
 
 def get_registry() -> dict[str, IQMSpec]:
     """All registered IQMs (imports the metric modules so that they register)."""
-    from metrics import artifacts, coverage, dose, noise, positioning, protocol  # noqa: F401
+    from metrics import artifacts, coverage, dose, noise, perceptual, positioning, protocol, sharpness  # noqa: F401
+    from metrics import learned, radiation  # noqa: F401
 
     return REGISTRY

@@ -78,6 +78,7 @@ def assess(
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID to assess in a DICOM folder."),
     model: Optional[Path] = typer.Option(None, "--model", help="Fitted model JSON from `qc fit` (default: rubric)."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report (views, masks, explain tree)."),
+    segmenter: str = typer.Option("classical", "--segmenter", help="classical (HU + morphology) or monai (shipped network)."),
 ):
     """Assess one CT scan and print its scores."""
     import json
@@ -85,7 +86,7 @@ def assess(
     from qc.pipeline import assess as run_assess
     from qc.report import print_explain, print_summary
 
-    result = run_assess(path, region=region.value, config=config, series_uid=series, model=model)
+    result = run_assess(path, region=region.value, config=config, series_uid=series, model=model, segmenter=segmenter)
     if html_out is not None:
         from qc.html_report import add_html
 
@@ -314,6 +315,15 @@ def _register_audit_commands() -> None:
 
 
 _register_audit_commands()
+
+
+def _register_train_commands() -> None:
+    from qc.cli_train import register
+
+    register(app)
+
+
+_register_train_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,19 +41,61 @@ def isocenter_index(scan: Scan) -> tuple[float, float]:
     return float(idx[0]), float(idx[1])
 
 
-def compute_masks(scan: Scan) -> dict[str, np.ndarray]:
+SEGMENTERS = ("classical", "monai")
+
+
+def compute_masks(scan: Scan, segmenter: str = "classical", region: str = "auto") -> dict[str, np.ndarray]:
+    """Anatomy masks. ``classical`` (default): HU thresholds + morphology (detectors/classical.py).
+    ``monai``: the shipped network of the region (detectors/segmentation.py); with region 'auto' the region is
+    first decided on classical masks of a 3 mm coarse grid, and a scan that is neither head nor chest gets the
+    classical masks."""
     from detectors import classical
 
-    return classical.segment(scan.hu, scan.spacing, scan.fov)
+    if segmenter not in SEGMENTERS:
+        raise QCInputError(f"segmenter must be one of {', '.join(SEGMENTERS)}, not {segmenter!r}")
+    if segmenter == "classical":
+        return classical.segment(scan.hu, scan.spacing, scan.fov)
+    from detectors import segmentation
+
+    if region not in ("head", "chest"):
+        region = segmentation.decide_region(scan.hu, scan.spacing, scan.fov).region
+        if region not in ("head", "chest"):
+            return classical.segment(scan.hu, scan.spacing, scan.fov)
+    return segmentation.segment(scan.hu, scan.spacing, region, scan.fov)
+
+
+def classifier_outputs(scan: Scan, available: dict, values: dict) -> tuple[dict, str]:
+    """Outputs of the shipped kernel/dose classifiers (detectors.classifiers) and what produced them
+    ('classifiers-1 sha256:<12 hex>', or 'not trained' when no weights are shipped)."""
+    from detectors import classifiers, weights
+
+    models = classifiers.shipped_models()
+    if models is None:
+        return classifiers.predict(None, None), "not trained (run `qc train classifiers`)"
+    feats = classifiers.features_from(scan.hu, scan.spacing, available["body_mask"],
+                                      values.get("global_noise_index_hu"), values.get("water_equivalent_diameter_mm"))
+    entry = weights.model_entry("classifiers")
+    return classifiers.predict(models, feats), f"{entry.get('version', 'classifiers')} sha256:{str(entry.get('sha256'))[:12]}"
+
+
+def segmenter_version(segmenter: str, region: str) -> str:
+    """What produced the masks, for the JSON: 'classical-1' or '<model version> sha256:<12 hex>' (manifest)."""
+    if segmenter != "monai" or region not in ("head", "chest"):
+        return "classical-1"
+    from detectors import segmentation, weights
+
+    entry = weights.model_entry(segmentation.model_name(region))
+    return f"monai {entry.get('version', segmentation.model_name(region))} sha256:{str(entry.get('sha256'))[:12]}"
 
 
 def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | None = None,
-           model=None) -> Assessment:
+           model=None, segmenter: str = "classical") -> Assessment:
     """Assess one CT scan (path to file/DICOM folder, or a loaded :class:`~qc.io.Scan`).
 
     region: 'auto' (heuristic), 'head' or 'chest'. config: path to a hierarchy YAML (default: the
     shipped one for the region). model: path to a fitted model JSON (``qc fit``); default: the config's
-    rubric. Raises :class:`~qc.errors.QCInputError` for bad input.
+    rubric. segmenter: 'classical' (default) or 'monai' (see :func:`compute_masks`).
+    Raises :class:`~qc.errors.QCInputError` for bad input.
     """
     from detectors.region import classify_region
     from metrics.registry import get_registry
@@ -62,6 +104,9 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
 
     if region not in REGIONS:
         raise UnsupportedRegionError(f"region '{region}' is not supported (choose head, chest or auto)")
+    from qc.memory import return_large_arrays_to_the_system
+
+    return_large_arrays_to_the_system()  # freed volume-sized temporaries go back to the system (peak RSS)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     scan = path_or_scan if isinstance(path_or_scan, Scan) else load_scan(path_or_scan, series_uid=series_uid)
@@ -69,7 +114,7 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
     warnings = list(scan.warnings)
 
     t = time.perf_counter()
-    masks = compute_masks(scan)
+    masks = compute_masks(scan, segmenter, region)
     decision = classify_region(masks["body_mask"], masks["lung_mask"], masks["intracranial_mask"])
     timings["segment"] = time.perf_counter() - t
     if region == "auto":
@@ -102,12 +147,20 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
     }
     registry = get_registry()
     values: dict[str, float | None] = {}
-    for name, spec in registry.items():
-        if region not in spec.regions:
-            continue
+    specs = [s for s in list(registry.values()) if region in s.regions]  # a snapshot: lazy imports may register more
+    for spec in [s for s in specs if "classifier_outputs" not in s.inputs]:
         v = spec.compute(available)
-        values[name] = None if v is None or not np.isfinite(v) else float(v)
+        values[spec.name] = None if v is None or not np.isfinite(v) else float(v)
     timings["metrics"] = time.perf_counter() - t
+    t = time.perf_counter()
+    second = [s for s in specs if "classifier_outputs" in s.inputs]
+    clf_version = None
+    if second:  # classifiers on the first pass's noise index and WED, then the IQMs that report them
+        available["classifier_outputs"], clf_version = classifier_outputs(scan, available, values)
+        for spec in second:
+            v = spec.compute(available)
+            values[spec.name] = None if v is None or not np.isfinite(v) else float(v)
+    timings["classifiers"] = time.perf_counter() - t
 
     overall, overall_terms, cats = scorer.score(values, {n: registry[n].unit for n in values})
     status = scorer.iqm_status(values)
@@ -135,6 +188,7 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
         overall_terms=overall_terms, categories=cats, iqms=iqms,
         model=model_info,
         scan=scan_info, warnings=warnings, timings_s={k: round(v, 3) for k, v in timings.items()},
-        versions=_versions(),
+        versions={**_versions(), "segmenter": segmenter_version(segmenter, region),
+                  **({"classifiers": clf_version} if clf_version else {})},
     )
 

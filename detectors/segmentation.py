@@ -1,0 +1,683 @@
+"""Network segmentation (MONAI): a compact 3-D UNet per region, run on a coarse grid and refined with HU.
+
+Design (aimed at the 3 s budget for a 512x512x300 chest on 2 CPU cores; measured by
+``benchmarks/bench_segmentation.py``):
+
+1. **Coarse grid.** The scan is block-averaged by integer factors (``np.add.reduceat``: no full-size copy) and
+   resampled linearly (:func:`resize_linear`, torch trilinear = ``scipy.ndimage.zoom(order=1, grid_mode=True)``)
+   to an isotropic grid of :data:`TARGET_MM` (head 3 mm, chest 4 mm). A 512x512x300 chest becomes 75x125x125.
+2. **Network.** ``monai.networks.nets.UNet`` (3-D, channels 8-16-32-64, strides 2-2-2, one residual unit,
+   batch norm) sees three HU windows of the coarse volume (wide -1000..3000, soft tissue -150..150,
+   brain/lens 0..120 HU; air = 0 in every channel so that zero padding is air) and predicts the region's
+   mutually exclusive classes (:data:`REGION_CLASSES`). Inference is
+   ``monai.inferers.sliding_window_inference`` (one window when the coarse volume fits), CPU by default and CUDA
+   when ``torch.cuda.is_available()``; eval mode and no dropout make it deterministic.
+3. **Back to full resolution.** Class probabilities are resampled (linear) to the block grid, arg-maxed and
+   expanded by repetition. Boundaries of the classes that have a clear HU edge are then **refined at full
+   resolution**: a mask is its eroded coarse core plus, in a one-block band around the coarse boundary, the voxels
+   that pass the class's HU test (:data:`REFINE`). The network decides *what* a structure is (skull vs spine,
+   lens vs face, trachea vs lung, brain vs scalp); the HU test decides *where* its edge is, at the native pixel size.
+   Thin or tiny structures use the band only: skull = dilated network skull AND HU in 350..2000 (above the
+   partial-volume rim of cortical bone; metal excluded); lens = dilated network lens AND HU (Gaussian, 0.7 px)
+   in 45..250 (lens ~100 HU in a ~10 HU globe and -100 HU orbital fat). The thresholds were chosen on three simulated
+   scans (seeds 1,000,000/1/3 of :func:`make_case`) given the *true* coarse labels (refinement alone: skull Dice
+   0.993, lens 0.83, brain 0.996); benchmark and tests measure on other seeds. ``metal_mask`` is HU > 2000 inside
+   the dilated network body (see :data:`OUTPUT_MASKS`).
+4. **Region** for ``compute_masks(scan, 'monai')`` with region auto: :func:`decide_region` (classical masks and
+   the region heuristic on the 3 mm grid).
+
+Known limits: the network has only seen the simulator's anatomy. The chest model's arms class is practically
+untrained (the simulator puts the arms up for every trunk wider than 290 mm); on the real abdomen CT it calls bowel
+gas "lungs" and abdominal organs "mediastinum" (see the benchmark); CSF (a thin rim at 3 mm) has Dice ~0.55.
+
+Label mapping from the phantom tissues (:mod:`phantoms.tissues`) is :func:`class_map` (documented per class there).
+Weights are shipped as safetensors under ``detectors/weights/`` and loaded through :mod:`detectors.weights`
+(sha256-verified); ``qc train seg --region head|chest`` retrains them on simulated scans.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from qc.errors import QCInputError
+
+#: Network classes per region (index = class id; 0 = outside air). Mutually exclusive.
+REGION_CLASSES: dict[str, tuple[str, ...]] = {
+    "head": ("background", "body", "skull", "csf", "grey_matter", "white_matter", "eye_globe", "lens", "metal"),
+    "chest": ("background", "body", "lungs", "trachea", "mediastinum", "aorta", "spine", "arms", "metal"),
+}
+#: Coarse isotropic grid (mm) the network runs on.
+TARGET_MM = {"head": 3.0, "chest": 4.0}
+#: Default architecture of the shipped models (recorded in the manifest, so tests can train smaller ones).
+DEFAULT_ARCH = {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1, "norm": "batch"}
+#: Training patch (z, y, x) in coarse voxels (multiples of 8).
+PATCH = {"head": (32, 64, 64), "chest": (32, 80, 80)}
+N_INPUT_CHANNELS = 3
+
+# phantom tissue ids (phantoms.tissues.LABELS) -> network class, per region. Unlisted ids -> "body".
+_TISSUE_TO_CLASS = {
+    "head": {0: "background", 4: "skull", 5: "skull", 8: "csf", 6: "grey_matter", 18: "grey_matter",
+             7: "white_matter", 9: "eye_globe", 10: "lens", 17: "metal"},
+    "chest": {0: "background", 11: "lungs", 19: "lungs", 14: "trachea", 12: "mediastinum", 13: "aorta",
+              5: "spine", 8: "spine", 17: "metal"},
+}
+
+_HEAD_BODY = ("body", "skull", "csf", "grey_matter", "white_matter", "eye_globe", "lens", "metal")
+_CHEST_BODY = ("body", "lungs", "trachea", "mediastinum", "aorta", "spine", "arms", "metal")
+#: Output masks: name -> classes whose union forms it (before refinement). ``metal_mask`` is HU > 2000 anywhere in
+#: the (dilated) network body: the network's own metal class is too rare in training (15 % of scans, a 2-5 mm
+#: sphere) to be learned in the shipped runs (its held-out Dice was 0), while 2000 HU separates metal from every
+#: simulated tissue (cortical bone 1000 HU). Real dense enamel can pass 2000 HU; that is the known limitation.
+OUTPUT_MASKS: dict[str, dict[str, tuple[str, ...]]] = {
+    "head": {"body_mask": _HEAD_BODY,
+             "skull_mask": ("skull",), "intracranial_mask": ("csf", "grey_matter", "white_matter"),
+             "csf_mask": ("csf",), "grey_matter_mask": ("grey_matter",), "white_matter_mask": ("white_matter",),
+             "eye_mask": ("eye_globe", "lens"), "lens_mask": ("lens",), "metal_mask": _HEAD_BODY},
+    "chest": {"body_mask": _CHEST_BODY,
+              "lung_mask": ("lungs",), "trachea_mask": ("trachea",), "mediastinum_mask": ("mediastinum",),
+              "aorta_mask": ("aorta",), "spine_mask": ("spine",), "arms_mask": ("arms",), "metal_mask": _CHEST_BODY},
+}
+
+
+@dataclass(frozen=True)
+class Refine:
+    """Full-resolution refinement of one output mask: ``core`` keeps the eroded coarse mask as is; the band
+    (one block either side of the coarse boundary, minus blocks of ``forbid`` classes) keeps voxels with
+    ``lo < HU < hi`` (HU smoothed by a Gaussian of ``smooth_px`` pixels in-plane when > 0)."""
+
+    lo: float
+    hi: float
+    core: bool = True
+    forbid: tuple[str, ...] = ()
+    smooth_px: float = 0.0
+
+
+REFINE: dict[str, dict[str, Refine]] = {
+    "head": {
+        "body_mask": Refine(-500.0, 1e9),                      # skin edge, as the classical body threshold
+        "skull_mask": Refine(350.0, 2000.0, core=False, forbid=("metal",)),   # bone, not metal
+        "intracranial_mask": Refine(-100.0, 200.0, forbid=("background", "body", "eye_globe", "lens")),
+        "eye_mask": Refine(-50.0, 250.0, forbid=("skull",), smooth_px=0.7),   # globe (10) + lens (100) vs fat (-100)
+        "lens_mask": Refine(45.0, 250.0, core=False, smooth_px=0.7),
+        "metal_mask": Refine(2000.0, 1e9, core=False),
+    },
+    "chest": {
+        "body_mask": Refine(-500.0, 1e9),
+        "lung_mask": Refine(-1e9, -400.0, forbid=("background", "trachea")),
+        "trachea_mask": Refine(-1e9, -400.0, forbid=("background", "lungs")),
+        "arms_mask": Refine(-500.0, 1e9, forbid=("body",)),
+        "metal_mask": Refine(2000.0, 1e9, core=False),
+    },
+}
+
+#: Derived masks for evaluation against the phantom truth (tissue ids per output mask).
+TRUTH_TISSUES: dict[str, dict[str, tuple[int, ...]]] = {
+    "head": {"skull_mask": (4, 5), "intracranial_mask": (6, 7, 8, 18), "csf_mask": (8,), "grey_matter_mask": (6, 18),
+             "white_matter_mask": (7,), "eye_mask": (9, 10), "lens_mask": (10,), "metal_mask": (17,)},
+    "chest": {"lung_mask": (11, 19), "trachea_mask": (14,), "mediastinum_mask": (12,), "aorta_mask": (13,),
+              "spine_mask": (5, 8), "metal_mask": (17,)},
+}
+
+
+def _check_region(region: str) -> None:
+    if region not in REGION_CLASSES:
+        raise QCInputError(f"segmentation region must be head or chest, not {region!r}")
+
+
+def model_name(region: str) -> str:
+    return f"seg_{region}"
+
+
+# ------------------------------------------------------------------------------------------------
+# labels
+# ------------------------------------------------------------------------------------------------
+
+
+def arms_truth(labels: np.ndarray) -> np.ndarray:
+    """Phantom arms: per slice, every connected piece of the body (tissue id > 0) other than the largest one
+    (the trunk). Arms down lie beside the flanks, separated from the trunk by a >= 13 mm gap of air."""
+    out = np.zeros(labels.shape, dtype=bool)
+    for k in range(labels.shape[0]):
+        lab, n = ndi.label(labels[k] > 0)
+        if n <= 1:
+            continue
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        out[k] = (lab > 0) & (lab != int(np.argmax(sizes)))
+    return out
+
+
+def class_map(labels: np.ndarray, region: str, arms_up: bool | None = None) -> np.ndarray:
+    """Phantom tissue labels -> network class ids of ``region`` (uint8, same shape).
+
+    head: skull = cortical + cancellous bone (skull, skull base and the cervical spine in the field);
+    csf = all CSF (ventricles, subarachnoid rim and spinal canal); grey matter includes the cerebellum;
+    brain (``intracranial_mask``) = csf + grey + white matter; body = every other tissue (skin, fat, muscle,
+    sinus air). chest: lungs include the lung vessels; trachea = trachea + main bronchi; mediastinum = heart
+    blood pool; spine = vertebral bodies + spinal canal; arms = body pieces beside the trunk
+    (:func:`arms_truth`); body = every other tissue (chest wall, ribs, fat, liver). Metal in both."""
+    _check_region(region)
+    names = REGION_CLASSES[region]
+    lut = np.full(256, names.index("body"), dtype=np.uint8)
+    for tissue, cls in _TISSUE_TO_CLASS[region].items():
+        lut[tissue] = names.index(cls)
+    out = lut[labels]
+    if region == "chest" and arms_up is not True:
+        arms = arms_truth(labels)
+        out[arms & (out != names.index("metal"))] = names.index("arms")
+    return out
+
+
+def truth_masks(labels: np.ndarray, region: str, arms_up: bool | None = None) -> dict[str, np.ndarray]:
+    """Full-resolution truth for each output mask of ``region`` (body = hole-filled tissue, per slice)."""
+    from phantoms.simulate import _body_from_labels
+
+    out = {"body_mask": _body_from_labels(labels)}
+    for name, ids in TRUTH_TISSUES[region].items():
+        out[name] = np.isin(labels, ids)
+    if region == "chest":
+        out["arms_mask"] = arms_truth(labels) if arms_up is not True else np.zeros(labels.shape, dtype=bool)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# grids
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CoarseGrid:
+    """Full grid -> block grid (integer factors ``f``) -> isotropic target grid (``target_shape``)."""
+
+    full_shape: tuple[int, int, int]
+    f: tuple[int, int, int]
+    block_shape: tuple[int, int, int]
+    target_shape: tuple[int, int, int]
+
+    @classmethod
+    def make(cls, shape, spacing, target_mm: float) -> "CoarseGrid":
+        f = tuple(max(1, int(math.floor(target_mm / float(s) + 1e-6))) for s in spacing)
+        block = tuple(-(-int(n) // k) for n, k in zip(shape, f))
+        target = tuple(max(1, int(round(b * k * float(s) / target_mm))) for b, k, s in zip(block, f, spacing))
+        return cls(tuple(int(n) for n in shape), f, block, target)
+
+    def block_mean(self, vol: np.ndarray) -> np.ndarray:
+        """Mean over each f-block (the last block of an axis may be partial): reduceat, no padded copy."""
+        out = vol
+        for axis, k in enumerate(self.f):
+            if k == 1:
+                continue
+            n = out.shape[axis]
+            starts = np.arange(0, n, k)
+            counts = np.minimum(starts + k, n) - starts
+            out = np.add.reduceat(out, starts, axis=axis, dtype=np.float32)
+            shape = [1, 1, 1]
+            shape[axis] = -1
+            out = out / counts.reshape(shape).astype(np.float32)
+        return np.asarray(out, dtype=np.float32)
+
+    def to_target(self, block: np.ndarray) -> np.ndarray:
+        """Block grid -> target grid, linear (``[z, y, x]`` or ``[C, z, y, x]``)."""
+        return resize_linear(block, self.target_shape)
+
+    def to_block(self, target: np.ndarray) -> np.ndarray:
+        """Target grid -> block grid, linear."""
+        return resize_linear(target, self.block_shape)
+
+    def expand(self, block_mask: np.ndarray, bbox=None) -> tuple[tuple[slice, ...], np.ndarray]:
+        """Repeat a block-grid mask (optionally its ``bbox`` slices) to full resolution: (full slices, array)."""
+        if bbox is None:
+            bbox = tuple(slice(0, b) for b in self.block_shape)
+        sub = block_mask[bbox]
+        for axis, k in enumerate(self.f):
+            if k > 1:
+                sub = sub.repeat(k, axis=axis)
+        full = tuple(slice(s.start * k, min(s.stop * k, n)) for s, k, n in zip(bbox, self.f, self.full_shape))
+        sub = sub[tuple(slice(0, fs.stop - fs.start) for fs in full)]
+        return full, sub
+
+
+def resize_linear(vol, shape):
+    """Linear resampling of the last three axes to ``shape`` (pixel-area aligned, edges clamped: the same
+    values as ``scipy.ndimage.zoom(order=1, grid_mode=True, mode='nearest')``, ~20x faster via torch).
+    A numpy array in gives a numpy array out; a torch tensor stays a tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    shape = tuple(int(s) for s in shape)
+    if tuple(vol.shape[-3:]) == shape:
+        return vol
+    is_np = isinstance(vol, np.ndarray)
+    t = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32)) if is_np else vol
+    lead = t.shape[:-3]
+    t = t.reshape((1, -1) + tuple(t.shape[-3:]))
+    out = F.interpolate(t, size=shape, mode="trilinear", align_corners=False).reshape(tuple(lead) + shape)
+    return out.numpy() if is_np else out
+
+
+def network_input(coarse_hu: np.ndarray) -> np.ndarray:
+    """Three HU windows (channels first), each 0 for air so that zero padding means air:
+    wide (HU + 1000) / 1000 in [0, 4]; soft tissue (HU + 150) / 300 in [0, 1]; brain/lens HU / 120 in [0, 1]."""
+    h = coarse_hu
+    return np.stack([np.clip((h + 1000.0) / 1000.0, 0.0, 4.0), np.clip((h + 150.0) / 300.0, 0.0, 1.0),
+                     np.clip(h / 120.0, 0.0, 1.0)]).astype(np.float32)
+
+
+def coarse_hu(hu: np.ndarray, spacing, region: str, fov: np.ndarray | None = None) -> tuple[CoarseGrid, np.ndarray]:
+    """(grid, HU on the isotropic target grid). Voxels outside ``fov`` count as air."""
+    grid = CoarseGrid.make(hu.shape, spacing, TARGET_MM[region])
+    if fov is not None and not (fov.strides and fov.strides[0] == 0 and fov.strides[-1] == 0 and bool(fov.flat[0])):
+        hu = np.where(fov, hu, np.float32(-1000.0))
+    block = grid.block_mean(hu)
+    return grid, grid.to_target(np.clip(block, -1024.0, 3071.0))
+
+
+def coarse_classes(cmap: np.ndarray, spacing, region: str) -> np.ndarray:
+    """Training target on the target grid: per-class block fractions, resampled linearly, arg-maxed.
+    Lens and metal fractions count 3x (they are smaller than a coarse voxel and would otherwise vanish)."""
+    names = REGION_CLASSES[region]
+    grid = CoarseGrid.make(cmap.shape, spacing, TARGET_MM[region])
+    weight = np.ones(len(names), dtype=np.float32)
+    for boost in ("lens", "metal"):
+        if boost in names:
+            weight[names.index(boost)] = 3.0
+    fr = np.stack([grid.to_target(grid.block_mean((cmap == c).astype(np.float32))) * weight[c]
+                   for c in range(len(names))])
+    return fr.argmax(axis=0).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------
+# network
+# ------------------------------------------------------------------------------------------------
+
+
+def build_network(region: str, arch: dict | None = None):
+    """The MONAI UNet of ``region`` with architecture ``arch`` (default :data:`DEFAULT_ARCH`)."""
+    from monai.networks.nets import UNet
+
+    a = {**DEFAULT_ARCH, **(arch or {})}
+    return UNet(spatial_dims=3, in_channels=N_INPUT_CHANNELS, out_channels=len(REGION_CLASSES[region]),
+                channels=tuple(a["channels"]), strides=tuple(a["strides"]), num_res_units=int(a["num_res_units"]),
+                norm=a["norm"])
+
+
+_MODEL_CACHE: dict = {}
+
+
+def load_model(region: str, manifest: Path | None = None):
+    """(network in eval mode on the inference device, manifest entry) for the shipped model of ``region``.
+    The weights file is sha256-verified against the manifest (:class:`detectors.weights.WeightsError` if not)."""
+    from detectors import weights
+
+    _check_region(region)
+    manifest = Path(manifest) if manifest is not None else weights.MANIFEST
+    entry = weights.model_entry(model_name(region), manifest)
+    key = (region, str(manifest.resolve()), entry.get("sha256"))
+    if key in _MODEL_CACHE:
+        return _MODEL_CACHE[key]
+    state = weights.load_tensors(model_name(region), manifest)
+    net = build_network(region, entry.get("architecture"))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise weights.WeightsError(f"weights do not fit the recorded architecture ({str(exc).splitlines()[0][:120]})",
+                                   manifest.parent / entry["file"]) from None
+    net.eval().to(_device())
+    _MODEL_CACHE.clear()
+    _MODEL_CACHE[key] = (net, entry)
+    return net, entry
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def predict_probs(net, coarse: np.ndarray, max_roi=(96, 160, 160)):
+    """Softmax class probabilities (CPU torch tensor [C, z, y, x]) on the target grid (sliding window, one
+    window if it fits)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    roi = tuple(min(m, 8 * math.ceil(s / 8)) for s, m in zip(coarse.shape, max_roi))
+    dev = next(net.parameters()).device
+    x = torch.from_numpy(network_input(coarse)[None]).to(dev)
+    with torch.inference_mode():
+        logits = sliding_window_inference(x, roi_size=roi, sw_batch_size=1, predictor=net, overlap=0.25,
+                                          mode="gaussian", padding_mode="constant", cval=0.0)
+        probs = torch.softmax(logits[0].float(), dim=0)
+    return probs.cpu()
+
+
+# ------------------------------------------------------------------------------------------------
+# inference
+# ------------------------------------------------------------------------------------------------
+
+
+def segment(hu: np.ndarray, spacing, region: str, fov: np.ndarray | None = None, manifest: Path | None = None,
+            net=None) -> dict[str, np.ndarray]:
+    """Network masks of ``region`` at full resolution: ``dict`` name -> bool ``[z, y, x]`` (names in
+    :data:`OUTPUT_MASKS`; ``body_mask``/``lung_mask``/``intracranial_mask`` are always present, empty ones
+    as read-only broadcast views of False like :func:`detectors.classical.segment`). ``net`` overrides the
+    shipped model (training/tests)."""
+    import torch
+
+    _check_region(region)
+    hu = np.asarray(hu)
+    if hu.ndim != 3 or min(hu.shape) < 1:
+        raise QCInputError(f"segmentation needs a 3-D volume, got shape {hu.shape}")
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise QCInputError(f"voxel spacing must be three positive numbers, got {tuple(spacing)}")
+    if net is None:
+        net, _entry = load_model(region, manifest)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    grid, coarse = coarse_hu(hu, spacing, region, fov)
+    with torch.inference_mode():
+        probs = predict_probs(net, coarse)
+        labels_b = _argmax_channels(grid.to_block(probs))
+    del probs
+    return masks_from_block_labels(labels_b, grid, hu, region)
+
+
+def decide_region(hu: np.ndarray, spacing, fov: np.ndarray | None = None):
+    """Head / chest / other for the network path, cheaply: the classical masks and the region heuristic
+    (:func:`detectors.region.classify_region`) on the 3 mm coarse grid instead of the full grid (agrees with the
+    full-grid decision on the shared real head, chest and abdomen scans and on simulated heads and chests)."""
+    from detectors import classical
+    from detectors.region import classify_region
+
+    _grid, c = coarse_hu(hu, spacing, "head", fov)
+    m = classical.segment(c, (TARGET_MM["head"],) * 3, None)
+    return classify_region(m["body_mask"], m["lung_mask"], m["intracranial_mask"])
+
+
+def _argmax_channels(p) -> np.ndarray:
+    """uint8 arg-max over the first axis of a [C, ...] tensor as a running maximum (a strided ``argmax(dim=0)``
+    is ~10x slower on CPU). Ties go to the lower class, as with argmax."""
+    import torch
+
+    best = p[0].clone()
+    lab = torch.zeros(p.shape[1:], dtype=torch.uint8)
+    for c in range(1, p.shape[0]):
+        better = p[c] > best
+        best = torch.where(better, p[c], best)
+        lab.masked_fill_(better, c)
+    return lab.numpy()
+
+
+def _bbox(mask: np.ndarray):
+    idx = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
+    return tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
+
+
+def masks_from_block_labels(labels_b: np.ndarray, grid: CoarseGrid, hu: np.ndarray, region: str) -> dict[str, np.ndarray]:
+    """Block-grid class labels -> full-resolution masks, with the HU refinement of :data:`REFINE`."""
+    names = REGION_CLASSES[region]
+    empty = np.broadcast_to(np.False_, grid.full_shape)
+    out: dict[str, np.ndarray] = {}
+    ball = ndi.generate_binary_structure(3, 1)
+    for mname, classes in OUTPUT_MASKS[region].items():
+        m = np.isin(labels_b, [names.index(c) for c in classes])
+        if not m.any():
+            out[mname] = empty
+            continue
+        rule = REFINE[region].get(mname)
+        full = np.zeros(grid.full_shape, dtype=bool)
+        if rule is None:
+            sl, sub = grid.expand(m, _bbox(m))
+            full[sl] = sub
+            out[mname] = full
+            continue
+        # morphology on the mask's bounding box grown by one block (small structures cost almost nothing)
+        bb = tuple(slice(max(0, s.start - 1), min(n, s.stop + 1)) for s, n in zip(_bbox(m), m.shape))
+        mb = m[bb]
+        dil = ndi.binary_dilation(mb, structure=ball)
+        core = ndi.binary_erosion(mb, structure=ball, border_value=1) if rule.core else np.zeros_like(mb)
+        band = dil & ~core
+        if rule.forbid:
+            band &= ~np.isin(labels_b[bb], [names.index(c) for c in rule.forbid if c in names])
+        if not (band | core).any():
+            out[mname] = empty
+            continue
+        core_b = np.zeros_like(m)
+        core_b[bb] = core
+        band_b = np.zeros_like(m)
+        band_b[bb] = band
+        sl, core_up = grid.expand(core_b, bb)
+        _, band_up = grid.expand(band_b, bb)
+        h = hu[sl]
+        if rule.smooth_px > 0:
+            h = ndi.gaussian_filter(h.astype(np.float32), sigma=(0, rule.smooth_px, rule.smooth_px))
+        dst = full[sl]  # a view: the HU tests write straight into the output, no full-size temporaries
+        if rule.lo > -1e8:
+            np.greater(h, rule.lo, out=dst)
+            if rule.hi < 1e8:
+                dst &= h < rule.hi
+        else:
+            np.less(h, rule.hi, out=dst)
+        dst &= band_up
+        dst |= core_up
+        out[mname] = full if full.any() else empty
+    for required in ("body_mask", "lung_mask", "intracranial_mask"):
+        out.setdefault(required, empty)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# data and training
+# ------------------------------------------------------------------------------------------------
+
+
+def random_case(region: str, rng: np.random.Generator, matrix: int) -> dict:
+    """Simulator arguments for one training/held-out case: patient size and shape come from the simulator's own
+    seed; position, rotation, dose, kernel, slice thickness, arms and (in ~1 of 4 cases) an artifact are drawn here."""
+    kw: dict = dict(matrix=matrix, kernel=str(rng.choice(["smooth", "sharp"])),
+                    shift_x=float(rng.uniform(-30, 30)), shift_y=float(rng.uniform(-30, 30)),
+                    yaw=float(rng.uniform(-12, 12)))
+    if region == "head":
+        kw.update(mas=float(rng.uniform(120, 500)), pitch=float(rng.uniform(-15, 15)), roll=float(rng.uniform(-8, 8)),
+                  slice_mm=float(rng.choice([1.25, 2.5, 2.5, 5.0])))
+    else:
+        kw.update(mas=float(rng.uniform(25, 200)), slice_mm=float(rng.choice([1.25, 2.5, 5.0, 5.0])),
+                  arms_up=bool(rng.random() < 0.5))
+    u = rng.random()
+    if u < 0.15:
+        kw["artifacts"] = {"metal": float(rng.uniform(0.5, 1.0))}
+    elif u < 0.25:
+        kw["artifacts"] = {str(rng.choice(["ring", "motion", "beam_hardening"])): float(rng.uniform(0.3, 0.8))}
+    return kw
+
+
+def case_kwargs(region: str, seed: int, matrix: int) -> dict:
+    """The simulator arguments of case ``seed`` (drawn by :func:`random_case` from ``[seed, 31337]``)."""
+    return random_case(region, np.random.default_rng([seed, 31337]), matrix)
+
+
+def make_case(region: str, seed: int, matrix: int):
+    """One simulated case: (phantom, simulator kwargs). The case's parameters are drawn from ``seed`` too."""
+    from phantoms import simulate
+
+    kw = case_kwargs(region, seed, matrix)
+    return simulate(region, seed, **kw), kw
+
+
+def training_volumes(region: str, seeds, matrices) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(network input [3, z, y, x], target classes [z, y, x])] on the coarse grid, one per seed."""
+    out = []
+    for i, seed in enumerate(seeds):
+        ph, _kw = make_case(region, int(seed), int(matrices[i % len(matrices)]))
+        _grid, c = coarse_hu(ph.scan.hu, ph.scan.spacing, region, ph.scan.fov)
+        target = coarse_classes(class_map(ph.labels, region, ph.truth.get("arms_up")), ph.scan.spacing, region)
+        out.append((network_input(c), target))
+    return out
+
+
+def _pad_to(x: np.ndarray, shape) -> np.ndarray:
+    pads = [(0, 0)] * (x.ndim - 3) + [(0, max(0, s - n)) for s, n in zip(shape, x.shape[-3:])]
+    return np.pad(x, pads) if any(p[1] for p in pads) else x
+
+
+def _sample_patch(vol, target, patch, rng, n_classes):
+    """A random patch; half of them centred on a voxel of a randomly chosen class present (rare classes seen)."""
+    x = _pad_to(vol, patch)
+    y = _pad_to(target, patch)
+    shape = y.shape
+    if rng.random() < 0.5:
+        present = [c for c in range(1, n_classes) if (y == c).any()]
+        c = int(rng.choice(present)) if present else 0
+        zz, yy, xx = np.nonzero(y == c)
+        j = int(rng.integers(zz.size))
+        centre = (zz[j], yy[j], xx[j])
+    else:
+        centre = tuple(int(rng.integers(s)) for s in shape)
+    start = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, patch, shape)]
+    sl = tuple(slice(s, s + p) for s, p in zip(start, patch))
+    return x[(slice(None),) + sl], y[sl]
+
+
+def train(region: str, data, iterations: int, seed: int = 0, arch: dict | None = None, patch=None,
+          batch: int = 2, lr: float = 3e-3, max_minutes: float | None = None, log=None):
+    """Train a fresh UNet on ``data`` (from :func:`training_volumes`) with Dice + cross-entropy (MONAI
+    ``DiceCELoss``, batch Dice) and Adam (learning rate cosine-annealed to 5 % over the iterations, or over
+    ``max_minutes`` when that comes first: a time-limited run still ends at a low rate). Returns (net, iterations done)."""
+    import torch
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    rng = np.random.default_rng(seed)
+    n_classes = len(REGION_CLASSES[region])
+    patch = tuple(patch or PATCH[region])
+    net = build_network(region, arch)
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    t0 = time.perf_counter()
+    done = 0
+    for it in range(iterations):
+        # cosine learning rate over the run's progress: iterations, or elapsed time when a time limit is set
+        progress = it / iterations
+        if max_minutes is not None:
+            progress = max(progress, (time.perf_counter() - t0) / (60.0 * max_minutes))
+        for g in opt.param_groups:
+            g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+        xs, ys = zip(*(_sample_patch(*data[int(rng.integers(len(data)))], patch, rng, n_classes) for _ in range(batch)))
+        x = torch.from_numpy(np.stack(xs))
+        y = torch.from_numpy(np.stack(ys)[:, None].astype(np.int64))
+        opt.zero_grad()
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+        done = it + 1
+        if log is not None and (it % 50 == 0 or it == iterations - 1):
+            log(f"it {it} loss {float(loss.detach()):.4f} {time.perf_counter() - t0:.0f}s")
+        if max_minutes is not None and time.perf_counter() - t0 > 60.0 * max_minutes:
+            if log is not None:
+                log(f"time limit reached after {done} iterations")
+            break
+    net.eval()
+    return net, done
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Dice of two masks; None when both are empty (undefined, not averaged)."""
+    sa, sb = int(np.count_nonzero(a)), int(np.count_nonzero(b))
+    if sa + sb == 0:
+        return None
+    return 2.0 * int(np.count_nonzero(a & b)) / (sa + sb)
+
+
+def evaluate(region: str, seeds, matrix: int = 256, net=None, manifest: Path | None = None,
+             classical: bool = True) -> dict:
+    """Held-out Dice per output mask (mean over cases where defined), network vs the classical fallback for
+    body / lungs / brain, plus the mean network inference time. Cases come from :func:`make_case`."""
+    from detectors import classical as cl
+
+    per: dict[str, list[float]] = {}
+    per_cl: dict[str, list[float]] = {}
+    times = []
+    for seed in seeds:
+        ph, _kw = make_case(region, int(seed), matrix)
+        truth = truth_masks(ph.labels, region, ph.truth.get("arms_up"))
+        t = time.perf_counter()
+        pred = segment(ph.scan.hu, ph.scan.spacing, region, ph.scan.fov, manifest=manifest, net=net)
+        times.append(time.perf_counter() - t)
+        for name, tm in truth.items():
+            d = dice(pred[name], tm)
+            if d is not None:
+                per.setdefault(name, []).append(d)
+        if classical:
+            cm = cl.segment(ph.scan.hu, ph.scan.spacing, ph.scan.fov)
+            for name in ("body_mask", "lung_mask", "intracranial_mask"):
+                if name in truth:
+                    d = dice(cm[name], truth[name])
+                    if d is not None:
+                        per_cl.setdefault(name, []).append(d)
+    summary = {name: {"mean": float(np.mean(v)), "min": float(np.min(v)), "n": len(v)} for name, v in per.items()}
+    summary_cl = {name: {"mean": float(np.mean(v)), "min": float(np.min(v)), "n": len(v)} for name, v in per_cl.items()}
+    return {"network": summary, "classical": summary_cl, "seeds": [int(s) for s in seeds], "matrix": matrix,
+            "inference_s_mean": float(np.mean(times)) if times else None}
+
+
+def train_and_save(region: str, iterations: int = 600, seed: int = 0, out_dir: Path | None = None,
+                   n_train: int = 32, matrices=(128, 256), n_eval: int = 8, eval_matrix: int = 256,
+                   arch: dict | None = None, patch=None, max_minutes: float | None = None, log=print) -> dict:
+    """``qc train seg``: simulate ``n_train`` cases (seeds ``seed`` ..), train, save safetensors into ``out_dir``
+    (default the shipped ``detectors/weights``), evaluate on ``n_eval`` held-out cases (seeds 10^6 + seed ..) and
+    register it in that folder's manifest. Returns the manifest entry."""
+    import torch
+    from safetensors.torch import save_file
+
+    from detectors import weights
+
+    _check_region(region)
+    if iterations < 1 or n_train < 1:
+        raise QCInputError("iterations and n_train must be at least 1")
+    out_dir = Path(out_dir) if out_dir is not None else weights.WEIGHTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / "manifest.json"
+    t0 = time.perf_counter()
+    train_seeds = [seed + i for i in range(n_train)]
+    data = training_volumes(region, train_seeds, list(matrices))
+    t_data = time.perf_counter() - t0
+    log(f"{len(data)} training volumes simulated in {t_data:.0f}s")
+    t1 = time.perf_counter()
+    net, done = train(region, data, iterations, seed=seed, arch=arch, patch=patch, max_minutes=max_minutes, log=log)
+    t_train = time.perf_counter() - t1
+    from qc.safe_names import safe_child
+
+    path = safe_child(out_dir, model_name(region), ".safetensors")  # region is validated, but keep the guard
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(path))
+    a = {**DEFAULT_ARCH, **(arch or {})}
+    eval_seeds = [1_000_000 + seed + i for i in range(n_eval)]
+    metrics = evaluate(region, eval_seeds, eval_matrix, net=net) if n_eval else {}
+    entry = {
+        "kind": "monai.networks.nets.UNet (3-D) segmentation",
+        "version": f"{model_name(region)}-1",
+        "region": region, "classes": list(REGION_CLASSES[region]), "target_mm": TARGET_MM[region],
+        "architecture": a, "input": "HU windows: (HU+1000)/1000 in [0,4]; (HU+150)/300 in [0,1]; HU/120 in [0,1]",
+        "training": {
+            "data": (f"{n_train} simulated {region} scans (phantoms.simulate, image mode, matrices {list(matrices)}, "
+                     "seeds {0}..{1}; random patient size/shape, shift +-30 mm, yaw +-12 deg{2}, dose, kernel "
+                     "smooth/sharp, slice 1.25-5 mm{3}; 15 % metal, 10 % ring/motion/beam-hardening artifacts)").format(
+                         train_seeds[0], train_seeds[-1], ", pitch +-15, roll +-8 deg" if region == "head" else "",
+                         ", arms up/down" if region == "chest" else ""),
+            "command": (f"qc train seg --region {region} --iterations {iterations} --seed {seed} --n-train {n_train} "
+                        f"--n-eval {n_eval}" + (f" --max-minutes {max_minutes:g}" if max_minutes is not None else "")),
+            "seed": seed, "iterations": done, "iterations_requested": iterations, "patch": list(patch or PATCH[region]),
+            "loss": "monai DiceCELoss(softmax, batch) + Adam lr 3e-3 cosine", "simulate_s": round(t_data, 1),
+            "train_s": round(t_train, 1), "torch": torch.__version__,
+        },
+        "metrics": {"heldout": metrics,
+                    "refinement": "network at coarse grid + full-resolution HU refinement (detectors/segmentation.py)"},
+    }
+    full = weights.register(model_name(region), path, entry, manifest)
+    _MODEL_CACHE.clear()
+    return full
