@@ -1,9 +1,11 @@
-"""IQMs that report the outputs of the shipped classifiers (:mod:`detectors.classifiers`).
+"""IQMs that report the outputs of the shipped classifiers (:mod:`detectors.classifiers`) and learned networks
+(:mod:`detectors.chest_iqa`, :mod:`detectors.tfkt`; the networks run only with ``qc assess --networks``).
 
 The models run in the pipeline (detectors: weights, I/O); these functions only pick their outputs from the
 ``classifier_outputs`` input, so that they are documented, registered and scored like every other IQM.
 The classifiers were trained on simulated chest CT (see the weights manifest for the data and the held-out
-accuracy), so these IQMs are registered for chest scans only.
+accuracy), so these IQMs are registered for chest scans only; the TFKT perceptual score is registered for head and
+chest (it was trained on both).
 """
 
 from __future__ import annotations
@@ -57,3 +59,99 @@ def estimated_effective_mas(classifier_outputs):
 def dose5_expected_pct(classifier_outputs):
     """Expected Noise2Quality dose level (percent of a 100 mAs full dose) from the five-class dose model."""
     return classifier_outputs.get("dose5_expected_pct")
+
+
+# ------------------------------------------------------------------------ Chest CT-IQA 3-D VGG (issue 9)
+_VGG = ("Chest CT-IQA 3-D VGG at CPU size (detectors/chest_iqa.py): 4 central body slices, 96 x 96 crop at the body "
+        "centroid + fixed high-pass channels + ln WED, ln pixel, ln slice; shipped weights chest_iqa.safetensors")
+
+
+@register_iqm(
+    unit="probability", direction="closer_to_target", regions=("chest",),
+    formula="softmax(window head)[lung]; " + _VGG,
+    reference="Xun et al., Chest CT-IQA: window classification (lung vs soft-tissue reconstruction)",
+)
+def chest_iqa_window_prob_lung(classifier_outputs):
+    """Chest CT-IQA network's probability that the series is a lung (sharp) rather than a soft-tissue
+    reconstruction; compare with ``kernel_prob_sharp`` from the explicit-feature classifier."""
+    return classifier_outputs.get("chest_iqa_window_prob_lung")
+
+
+@register_iqm(
+    unit="probability", direction="lower_is_better", regions=("chest",),
+    formula="softmax(dose head)[30 mAs]; " + _VGG,
+    reference="Xun et al., Chest CT-IQA: dose classification (30 vs 50 mAs)",
+)
+def chest_iqa_dose_prob_low(classifier_outputs):
+    """Chest CT-IQA network's probability that the scan is the 30 mAs rather than the 50 mAs acquisition
+    (compare with ``dose_prob_low_30mas``)."""
+    return classifier_outputs.get("chest_iqa_dose_prob_low")
+
+
+@register_iqm(
+    unit="1", direction="higher_is_better", regions=("chest",),
+    formula="exp(SNR head x sd + mean) (the head regresses standardised ln SNR, trained on snr_subvolume_mean); " + _VGG,
+    reference="Xun et al., Chest CT-IQA: SNR regression (mean/SD over sub-volumes, averaged)",
+)
+def chest_iqa_snr(classifier_outputs):
+    """Chest CT-IQA network's estimate of the sub-volume SNR (``snr_subvolume_mean``) from the central slab."""
+    return classifier_outputs.get("chest_iqa_snr")
+
+
+@register_iqm(
+    unit="1", direction="lower_is_better", regions=("chest",),
+    formula="BRISQUE head x sd + mean (trained on brisque_soft_tissue); " + _VGG,
+    reference="Xun et al., Chest CT-IQA: BRISQUE regression; Mittal et al., IEEE TIP 2012 (BRISQUE)",
+)
+def chest_iqa_brisque(classifier_outputs):
+    """Chest CT-IQA network's estimate of the soft-tissue BRISQUE score (``brisque_soft_tissue``)."""
+    return classifier_outputs.get("chest_iqa_brisque")
+
+
+# ------------------------------------------------------------------------------ TFKT perceptual score (issue 9)
+@register_iqm(
+    unit="score 0-4", direction="higher_is_better", regions=("head", "chest"),
+    formula="mean over 12 body slices of 4 sigmoid(head(CLS)) of the TFKT hybrid CNN-transformer; slice input "
+            "v = clip((HU + 1024) / 1400, 0, 1) at 512 x 512 (LDCTIQA normalisation); shipped weights tfkt.safetensors "
+            "fine-tuned on a simulated LDCTIQA-format set (detectors/tfkt.py)",
+    reference="Rifa et al., TFKT: task-focused knowledge transfer for CT perceptual IQA (J Med Imaging 12(5) 051805, "
+              "2025; LDCTIQA challenge, MICCAI 2023, Lee et al. Med Image Anal 2025)",
+)
+def tfkt_quality_score(classifier_outputs):
+    """Perceptual image quality on the LDCTIQA radiologists' 0-4 scale (0 bad ... 4 excellent) predicted by the
+    TFKT network: the mean slice score over 12 evenly spaced body slices. Measured only with ``qc assess --networks``
+    (the network needs torch); None otherwise or when the weights are missing."""
+    return classifier_outputs.get("tfkt_quality_score")
+
+
+# ------------------------------------------------------------------------------ Noise2Quality (issue 9)
+_N2Q = ("Noise2Quality U-Net at CPU size (detectors/noise2quality.py): 3 central body slices, window W400/L40 -> "
+        "256 x 256, input (slice, high-pass); shipped weights noise2quality.safetensors trained on simulated chest and "
+        "head slices with 5 inserted-noise dose levels")
+
+
+@register_iqm(
+    unit="1", direction="higher_is_better", regions=("head", "chest"),
+    formula="mean over body pixels of the 3 central body slices of the predicted SSIM map S_hat(x); the network is "
+            "trained on S(x) = SSIM(full-dose, low-dose)(x), 11 x 11 Gaussian window sigma 1.5, data range = the "
+            "400 HU display window; " + _N2Q,
+    reference="Haque, Wang, Imran: Noise2Quality, non-reference pixel-wise assessment of low dose CT image quality, "
+              "SPIE Medical Imaging 2022 (12035); SSIM: Wang et al., IEEE TIP 2004",
+)
+def n2q_mean_ssim(classifier_outputs):
+    """Mean SSIM, inside the body, between this scan and its routine full-dose equivalent as predicted by the
+    Noise2Quality network without any reference (1 = indistinguishable from the full dose in the soft-tissue
+    window). Measured only with ``qc assess --networks``; None otherwise or when the weights are missing."""
+    return classifier_outputs.get("n2q_mean_ssim")
+
+
+@register_iqm(
+    unit="%", direction="higher_is_better", regions=("head", "chest"),
+    formula="sum_k P(level k) x level k, levels 5, 10, 25, 50, 75 % of the routine full dose, P = softmax of the "
+            "dose head averaged over the 3 central body slices; " + _N2Q,
+    reference="Haque, Wang, Imran: Noise2Quality (SPIE Medical Imaging 2022): self-supervised dose-level auxiliary task",
+)
+def n2q_dose_level_pct(classifier_outputs):
+    """Expected dose level (percent of a routine, automatic-exposure-controlled full dose) predicted by the
+    Noise2Quality network's auxiliary dose head. Measured only with ``qc assess --networks``."""
+    return classifier_outputs.get("n2q_dose_level_pct")

@@ -78,7 +78,13 @@ def assess(
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID to assess in a DICOM folder."),
     model: Optional[Path] = typer.Option(None, "--model", help="Fitted model JSON from `qc fit` (default: rubric)."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report (views, masks, explain tree)."),
-    segmenter: str = typer.Option("classical", "--segmenter", help="classical (HU + morphology) or monai (shipped network)."),
+    segmenter: str = typer.Option("classical", "--segmenter", help="classical (HU + morphology), monai (shipped network), "
+                                  "nnunet:MODEL_DIR (your trained nnU-Net v2 model folder; weights loaded as data, "
+                                  "plans must name dynamic_network_architectures) or totalsegmentator (its weights, "
+                                  "only if already on disk; never downloaded). See README 'Segmentation backends'."),
+    networks: bool = typer.Option(False, "--networks/--no-networks",
+                                  help="Also run the shipped learned networks (chest: Chest CT-IQA 3-D VGG); imports torch "
+                                       "(~0.5 GiB, seconds). Off: their IQMs are not measured."),
 ):
     """Assess one CT scan and print its scores."""
     import json
@@ -86,7 +92,8 @@ def assess(
     from qc.pipeline import assess as run_assess
     from qc.report import print_explain, print_summary
 
-    result = run_assess(path, region=region.value, config=config, series_uid=series, model=model, segmenter=segmenter)
+    result = run_assess(path, region=region.value, config=config, series_uid=series, model=model, segmenter=segmenter,
+                        networks=networks)
     if html_out is not None:
         from qc.html_report import add_html
 
@@ -324,6 +331,15 @@ def _register_train_commands() -> None:
 
 
 _register_train_commands()
+
+
+def _register_nnunet_commands() -> None:
+    from qc.cli_nnunet import register
+
+    register(app)
+
+
+_register_nnunet_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

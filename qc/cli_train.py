@@ -30,6 +30,20 @@ def train_classifiers(
                    f"log-loss {m['test_log_loss']:.3f}")
 
 
+@train_app.command("region")
+def train_region(
+    n: int = typer.Option(180, "--n", min=6, help="Simulated training scans (cycling head / chest / other)."),
+    n_test: int = typer.Option(90, "--n-test", min=3, help="Held-out simulated scans for the manifest's metrics."),
+    seed: int = typer.Option(0, "--seed", help="Training seed (simulated seeds shift by 1000 per seed)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Weights folder (default: the shipped detectors/weights)."),
+):
+    """Body-region classifier (head / chest / other): logistic regression on mask features (detectors/region.py)."""
+    from detectors import region
+
+    entry = region.train_and_save(n=n, n_test=n_test, seed=seed, out_dir=out, log=typer.echo)
+    typer.echo(f"{entry['file']}: sha256 {entry['sha256'][:12]}…")
+
+
 @train_app.command("seg")
 def train_seg(
     region: str = typer.Option(..., "--region", help="head or chest."),
@@ -93,6 +107,104 @@ def train_chest_iqa(
         raise typer.Exit(2) from None
     typer.echo(f"{entry['file']}: {entry['bytes']} bytes, sha256 {entry['sha256'][:12]}…, "
                f"{entry['training']['iterations']} iterations in {entry['training']['train_s']:.0f}s")
+
+
+@train_app.command("perceptual")
+def train_perceptual(
+    data: Optional[Path] = typer.Option(None, "--data", help="LDCTIQA-format folder: 512x512 [0,1] TIFF slices + "
+                                        "scores.json or a CSV file,score (default: build a simulated set)."),
+    epochs: int = typer.Option(12, "--epochs", min=1, help="Fine-tuning passes over the scored slices."),
+    pretrain_epochs: int = typer.Option(5, "--pretrain-epochs", min=0, help="Distortion pretraining passes "
+                                        "(24 crops per base slice each; 0 = no pretraining)."),
+    n_bases: int = typer.Option(64, "--n-bases", min=1, help="Noise-free simulated slices (pretraining; x6 "
+                                "distortions = the simulated fine-tuning set without --data)."),
+    n_heldout_bases: int = typer.Option(20, "--n-heldout-bases", min=0, help="Disjoint simulated slices x6 measured "
+                                        "into the manifest (without --data)."),
+    full: bool = typer.Option(False, "--full", help="ResNet-18 widths 64-512, 256-wide tokens, 4 layers (GPU)."),
+    real: bool = typer.Option(True, "--real/--no-real", help="Add the shared real slices to the pretraining bases."),
+    seed: int = typer.Option(0, "--seed", help="Training seed (simulated training seeds shift by 1000 per seed)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes simulating the base slices."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Folder keeping the simulated LDCTIQA sets (TIFF + CSV)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Training time cap (30 % pretraining)."),
+    max_iters: Optional[int] = typer.Option(None, "--max-iters", help="Cap on fine-tuning batches."),
+    pretrain_max_iters: Optional[int] = typer.Option(None, "--pretrain-max-iters", help="Cap on pretraining batches."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Weights folder (default: the shipped detectors/weights)."),
+):
+    """TFKT perceptual quality (Rifa et al.): CNN + transformer slice score 0-4, LDCTIQA challenge metric
+    (detectors/tfkt.py)."""
+    from detectors import tfkt
+    from qc.errors import QCInputError
+
+    try:
+        entry = tfkt.train_and_save(data_dir=data, n_bases=n_bases, n_heldout_bases=n_heldout_bases, epochs=epochs,
+                                    pretrain_epochs=pretrain_epochs, full=full, seed=seed, workers=workers, cache=cache,
+                                    out_dir=out, max_minutes=max_minutes, max_iters=max_iters,
+                                    pretrain_max_iters=pretrain_max_iters, real_pretrain=real, log=typer.echo)
+    except QCInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{entry['file']}: {entry['bytes']} bytes, sha256 {entry['sha256'][:12]}…, "
+               f"{entry['training']['iterations']} fine-tuning batches in {entry['training']['train_s']:.0f}s")
+
+
+@train_app.command("n2q")
+def train_n2q(
+    n: int = typer.Option(320, "--n", min=2, help="Simulated training slices (chest/head alternating), x 5 dose levels."),
+    epochs: int = typer.Option(12, "--epochs", min=1, help="Passes over the training set (128 x 128 crops)."),
+    seed: int = typer.Option(0, "--seed", help="Training seed (simulated training seeds shift by 1000 per seed)."),
+    full: bool = typer.Option(False, "--full", help="Paper widths 16-256, instance norm, dropout 0.25, lr 2e-4, batch 16 (GPU)."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="'none' or 'instance' (default: none on CPU, instance with --full)."),
+    n_heldout: int = typer.Option(40, "--n-heldout", min=0, help="Held-out simulated slices (x 5 levels) measured into the manifest."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes simulating the data."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Folder caching the simulated slices (.npz)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop training after this long."),
+    max_iters: Optional[int] = typer.Option(None, "--max-iters", help="Stop training after this many batches."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Weights folder (default: the shipped detectors/weights)."),
+):
+    """Noise2Quality (Haque et al.): U-Net predicting the SSIM map vs. full dose + 5-level dose head
+    (detectors/noise2quality.py)."""
+    from detectors import noise2quality
+
+    if norm is not None and norm not in ("none", "instance"):
+        raise typer.BadParameter("--norm must be none or instance")
+    entry = noise2quality.train_and_save(n=n, epochs=epochs, full=full, norm=norm, seed=seed, n_heldout=n_heldout,
+                                         out_dir=out, cache=cache, workers=workers, max_minutes=max_minutes,
+                                         max_iters=max_iters, log=typer.echo)
+    typer.echo(f"{entry['file']}: {entry['bytes']} bytes, sha256 {entry['sha256'][:12]}…, "
+               f"{entry['training']['iterations']} iterations in {entry['training']['train_s']:.0f}s")
+
+
+@train_app.command("det")
+def train_det(
+    region: str = typer.Option(..., "--region", help="head or chest."),
+    n_landmark: int = typer.Option(160, "--n-landmark", min=1, help="Simulated volumes (projection images)."),
+    n_artifact: int = typer.Option(150, "--n-artifact", min=0, help="Simulated axial artifact slices."),
+    epochs: int = typer.Option(18, "--epochs", min=1, help="Passes over the training images."),
+    batch: int = typer.Option(16, "--batch", min=2, help="Images per optimizer step."),
+    seed: int = typer.Option(0, "--seed", help="Training seed (simulated seeds shift by 1000 per seed)."),
+    n_heldout: int = typer.Option(30, "--n-heldout", min=0, help="Held-out volumes for the landmark MAE."),
+    n_art_heldout: int = typer.Option(10, "--n-art-heldout", min=0, help="Held-out scans per artifact kind."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes simulating the data."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Folder caching the simulated images (.npz)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="ultralytics time limit (minutes)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Weights folder (default: the shipped detectors/weights)."),
+):
+    """YOLO (ultralytics yolo11n) landmark + artifact detector for one region (detectors/yolo_detect.py)."""
+    from detectors import yolo_detect
+    from qc.errors import QCInputError
+
+    if region not in yolo_detect.LANDMARKS:
+        raise typer.BadParameter("--region must be head or chest")
+    try:
+        entry = yolo_detect.train_and_save(region, n_landmark=n_landmark, n_artifact=n_artifact, epochs=epochs,
+                                           batch=batch, seed=seed, n_heldout=n_heldout, n_art_heldout=n_art_heldout,
+                                           max_minutes=max_minutes, out_dir=out, cache=cache, workers=workers,
+                                           log=typer.echo)
+    except QCInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{entry['file']}: {entry['bytes']} bytes, sha256 {entry['sha256'][:12]}…, "
+               f"{entry['training']['epochs']} epochs in {entry['training']['train_s']:.0f}s")
 
 
 def register(app: typer.Typer) -> None:

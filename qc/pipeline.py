@@ -41,20 +41,54 @@ def isocenter_index(scan: Scan) -> tuple[float, float]:
     return float(idx[0]), float(idx[1])
 
 
-SEGMENTERS = ("classical", "monai")
+SEGMENTERS = ("classical", "monai", "nnunet:MODEL_DIR", "totalsegmentator")
+
+
+def parse_segmenter(segmenter: str) -> tuple[str, str | None]:
+    """('classical' | 'monai' | 'nnunet' | 'totalsegmentator', model folder or None); QCInputError otherwise."""
+    segmenter = str(segmenter)
+    if segmenter in ("classical", "monai", "totalsegmentator"):
+        return segmenter, None
+    if segmenter.startswith("nnunet:") and segmenter[len("nnunet:"):].strip():
+        return "nnunet", segmenter[len("nnunet:"):]
+    if segmenter.startswith("nnunet"):
+        raise QCInputError("segmenter nnunet needs the trained model folder: --segmenter nnunet:MODEL_DIR (the folder "
+                           "nnUNetv2_train writes: dataset.json, plans.json, fold_X/checkpoint_final.pth)")
+    raise QCInputError(f"segmenter must be one of {', '.join(SEGMENTERS)}, not {segmenter!r}")
+
+
+def _with_classical_fallback(scan: Scan, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Fill the masks the metrics need (body, lungs, brain) that a backend does not provide with classical ones."""
+    from detectors import classical
+
+    needed = [m for m in ("body_mask", "lung_mask", "intracranial_mask") if m not in masks]
+    if not needed:
+        return masks
+    cl = classical.segment(scan.hu, scan.spacing, scan.fov)
+    return {**{m: cl[m] for m in needed}, **masks}
 
 
 def compute_masks(scan: Scan, segmenter: str = "classical", region: str = "auto") -> dict[str, np.ndarray]:
     """Anatomy masks. ``classical`` (default): HU thresholds + morphology (detectors/classical.py).
     ``monai``: the shipped network of the region (detectors/segmentation.py); with region 'auto' the region is
     first decided on classical masks of a 3 mm coarse grid, and a scan that is neither head nor chest gets the
-    classical masks."""
+    classical masks. ``nnunet:MODEL_DIR``: a user's trained nnU-Net v2 model folder, labels mapped by name
+    (detectors/nnunet_backend.py). ``totalsegmentator``: TotalSegmentator's models when already on disk
+    (detectors/totalseg_backend.py; never downloaded). For the last two, body / lung / brain masks the model does
+    not provide are the classical ones."""
     from detectors import classical
 
-    if segmenter not in SEGMENTERS:
-        raise QCInputError(f"segmenter must be one of {', '.join(SEGMENTERS)}, not {segmenter!r}")
-    if segmenter == "classical":
+    kind, model_dir = parse_segmenter(segmenter)
+    if kind == "classical":
         return classical.segment(scan.hu, scan.spacing, scan.fov)
+    if kind == "nnunet":
+        from detectors import nnunet_backend
+
+        return _with_classical_fallback(scan, nnunet_backend.segment(scan.hu, scan.spacing, model_dir))
+    if kind == "totalsegmentator":
+        from detectors import totalseg_backend
+
+        return _with_classical_fallback(scan, totalseg_backend.segment(scan.hu, scan.spacing))
     from detectors import segmentation
 
     if region not in ("head", "chest"):
@@ -78,8 +112,73 @@ def classifier_outputs(scan: Scan, available: dict, values: dict) -> tuple[dict,
     return classifiers.predict(models, feats), f"{entry.get('version', 'classifiers')} sha256:{str(entry.get('sha256'))[:12]}"
 
 
+def network_outputs(scan: Scan, region: str) -> tuple[dict, dict[str, str]]:
+    """Outputs of the shipped learned networks for the region (torch is imported here, not before), merged into
+    ``classifier_outputs`` under ``<network>_<output>`` keys, and {network: 'version sha256:<12 hex>'} for the
+    JSON. A network whose weights are missing or fail verification is skipped and reported as such."""
+    from detectors import weights
+
+    out: dict = {}
+    versions: dict[str, str] = {}
+    if region == "chest":
+        from detectors import chest_iqa
+
+        model = chest_iqa.shipped_model()
+        if model is None:
+            versions["chest_iqa"] = "not available (weights missing or not verified)"
+        else:
+            pred = chest_iqa.predict_volume(scan.hu, scan.spacing, model)
+            out.update({"chest_iqa_window_prob_lung": pred["window_prob_lung"],
+                        "chest_iqa_dose_prob_low": pred["dose_prob_low"],
+                        "chest_iqa_snr": pred["snr_pred"], "chest_iqa_brisque": pred["brisque_pred"]})
+            entry = weights.model_entry(chest_iqa.WEIGHTS_NAME)
+            versions["chest_iqa"] = f"{entry.get('version', 'chest_iqa')} sha256:{str(entry.get('sha256'))[:12]}"
+    if region in ("head", "chest"):  # TFKT perceptual score (detectors/tfkt.py), trained on head and chest slices
+        from detectors import tfkt
+
+        model = tfkt.shipped_model()
+        if model is None:
+            versions["tfkt"] = "not available (weights missing or not verified)"
+        else:
+            out["tfkt_quality_score"] = tfkt.predict_volume(scan.hu, scan.spacing, model)["tfkt_quality_score"]
+            entry = weights.model_entry(tfkt.WEIGHTS_NAME)
+            versions["tfkt"] = f"{entry.get('version', 'tfkt')} sha256:{str(entry.get('sha256'))[:12]}"
+    if region in ("head", "chest"):  # Noise2Quality SSIM map + dose level (detectors/noise2quality.py), head and chest
+        from detectors import noise2quality
+
+        model = noise2quality.shipped_model()
+        if model is None:
+            versions["noise2quality"] = "not available (weights missing or not verified)"
+        else:
+            pred = noise2quality.predict_volume(scan.hu, scan.spacing, model)
+            out.update({"n2q_mean_ssim": pred["mean_ssim"], "n2q_dose_level_pct": pred["dose_level_pct"]})
+            entry = weights.model_entry(noise2quality.WEIGHTS_NAME)
+            versions["noise2quality"] = f"{entry.get('version', 'noise2quality')} sha256:{str(entry.get('sha256'))[:12]}"
+    return out, versions
+
+
+def region_version(decision) -> str:
+    """What decided the body region: the trained model ('region-1 sha256:<12 hex>') or 'heuristic-1'."""
+    if decision.probs is None:
+        return "heuristic-1"
+    from detectors import region, weights
+
+    entry = weights.model_entry(region.REGION_MODEL)
+    return f"{entry.get('version', 'region')} sha256:{str(entry.get('sha256'))[:12]}"
+
+
 def segmenter_version(segmenter: str, region: str) -> str:
-    """What produced the masks, for the JSON: 'classical-1' or '<model version> sha256:<12 hex>' (manifest)."""
+    """What produced the masks, for the JSON: 'classical-1' or '<model version> sha256:<12 hex>' (manifest; for
+    nnU-Net the model folder and checkpoint sha256, see detectors.nnunet_backend.model_version)."""
+    kind, model_dir = parse_segmenter(segmenter)
+    if kind == "nnunet":
+        from detectors import nnunet_backend
+
+        return nnunet_backend.model_version(model_dir)
+    if kind == "totalsegmentator":
+        from detectors import totalseg_backend
+
+        return totalseg_backend.version()
     if segmenter != "monai" or region not in ("head", "chest"):
         return "classical-1"
     from detectors import segmentation, weights
@@ -89,15 +188,18 @@ def segmenter_version(segmenter: str, region: str) -> str:
 
 
 def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | None = None,
-           model=None, segmenter: str = "classical") -> Assessment:
+           model=None, segmenter: str = "classical", networks: bool = False) -> Assessment:
     """Assess one CT scan (path to file/DICOM folder, or a loaded :class:`~qc.io.Scan`).
 
     region: 'auto' (heuristic), 'head' or 'chest'. config: path to a hierarchy YAML (default: the
     shipped one for the region). model: path to a fitted model JSON (``qc fit``); default: the config's
-    rubric. segmenter: 'classical' (default) or 'monai' (see :func:`compute_masks`).
+    rubric. segmenter: 'classical' (default), 'monai', 'nnunet:MODEL_DIR' or 'totalsegmentator' (see :func:`compute_masks`). networks: also run the shipped
+    learned networks (:func:`network_outputs`). Off by default: importing torch alone costs ~0.5 GiB resident
+    memory and 3-9 s here (more than the whole assessment of a 512 x 512 x 300 chest needs, see
+    benchmarks/bench_memory.py); off, their IQMs are reported as not measured.
     Raises :class:`~qc.errors.QCInputError` for bad input.
     """
-    from detectors.region import classify_region
+    from detectors.region import decide as decide_region
     from metrics.registry import get_registry
     from qc.config import load_config
     from regression.model import HierarchyModel
@@ -115,7 +217,7 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
 
     t = time.perf_counter()
     masks = compute_masks(scan, segmenter, region)
-    decision = classify_region(masks["body_mask"], masks["lung_mask"], masks["intracranial_mask"])
+    decision = decide_region(scan.hu, scan.spacing, masks["body_mask"], masks["lung_mask"], masks["intracranial_mask"])
     timings["segment"] = time.perf_counter() - t
     if region == "auto":
         if decision.region not in ("head", "chest"):
@@ -155,8 +257,14 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
     t = time.perf_counter()
     second = [s for s in specs if "classifier_outputs" in s.inputs]
     clf_version = None
+    net_versions: dict[str, str] = {}
     if second:  # classifiers on the first pass's noise index and WED, then the IQMs that report them
-        available["classifier_outputs"], clf_version = classifier_outputs(scan, available, values)
+        # the feature classifiers are chest-only; a head scan gets here only for the networks' IQMs (tfkt)
+        available["classifier_outputs"], clf_version = (classifier_outputs(scan, available, values)
+                                                         if region == "chest" else ({}, None))
+        if networks:
+            net_out, net_versions = network_outputs(scan, region)
+            available["classifier_outputs"] = {**available["classifier_outputs"], **net_out}
         for spec in second:
             v = spec.compute(available)
             values[spec.name] = None if v is None or not np.isfinite(v) else float(v)
@@ -184,11 +292,11 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
     }
     return Assessment(
         source=str(scan.source or (path_or_scan if not isinstance(path_or_scan, Scan) else "")),
-        region=region, region_reason=decision.reason, overall=overall, overall_intercept=cfg.overall.intercept,
+        region=region, region_reason=decision.reason, region_probs=decision.probs, overall=overall, overall_intercept=cfg.overall.intercept,
         overall_terms=overall_terms, categories=cats, iqms=iqms,
         model=model_info,
         scan=scan_info, warnings=warnings, timings_s={k: round(v, 3) for k, v in timings.items()},
-        versions={**_versions(), "segmenter": segmenter_version(segmenter, region),
-                  **({"classifiers": clf_version} if clf_version else {})},
+        versions={**_versions(), "segmenter": segmenter_version(segmenter, region), "region": region_version(decision),
+                  **({"classifiers": clf_version} if clf_version else {}), **net_versions},
     )
 

@@ -57,6 +57,7 @@ class Assessment(BaseModel):
     source: str
     region: str
     region_reason: str = ""
+    region_probs: dict[str, float] | None = Field(default=None, description="P(head), P(chest), P(other) of the region model")
     overall: float | None
     overall_intercept: float = 0.0
     overall_terms: list[OverallTerm] = []
@@ -102,6 +103,7 @@ class Assessment(BaseModel):
             "versions": self.versions,
             "source": self.source,
             "region_reason": self.region_reason,
+            "region_probs": self.region_probs,
             "model": self.model,
             "scan": self.scan,
             "timings_s": self.timings_s,

@@ -101,3 +101,22 @@ def test_no_body_gives_none(shipped):
     air = np.full((4, 64, 64), -1000.0, np.float32)
     assert chest_iqa.predict_volume(air, (2.5, 1.0, 1.0), model=shipped) == dict.fromkeys(
         ("window_prob_lung", "dose_prob_low", "snr_pred", "brisque_pred"))
+
+
+def test_assess_with_networks_reports_chest_iqa_iqms_and_model_version(shipped):
+    """`qc assess --networks` feeds the network's four outputs into the registered IQMs (same values as
+    calling the network directly) and names the weights in the JSON versions; without it they are not measured."""
+    from qc.pipeline import assess
+
+    p = chest_iqa.case_params(1, chest_iqa.HELDOUT_SEED0)
+    ph = chest_iqa.simulate_slab(p["seed"], mas=p["mas"], kernel=p["kernel"], matrix=p["matrix"], slice_mm=p["slice_mm"])
+    direct = chest_iqa.predict_volume(ph.scan.hu, ph.scan.spacing, model=shipped)
+    on = assess(ph.scan, region="chest", networks=True)
+    pairs = {"chest_iqa_window_prob_lung": "window_prob_lung", "chest_iqa_dose_prob_low": "dose_prob_low",
+             "chest_iqa_snr": "snr_pred", "chest_iqa_brisque": "brisque_pred"}
+    for iqm, key in pairs.items():
+        assert on.iqms[iqm].value == pytest.approx(direct[key], rel=1e-6), iqm
+    sha = weights.model_entry("chest_iqa")["sha256"]
+    assert on.versions["chest_iqa"].endswith(sha[:12])
+    off = assess(ph.scan, region="chest")
+    assert all(off.iqms[iqm].value is None for iqm in pairs) and "chest_iqa" not in off.versions
