@@ -32,6 +32,7 @@ BONE_HU = 300.0
 MIN_LENS_MM3 = 5.0        # smallest lens blob: noise specks above LENS_HU are single voxels (2.4 mm3 at 1 x 1 x 2.5 mm)
 MIN_PREDICTED_MM = 2.0    # no lens tissue seen: lens counted in range when the globe places >= 2 mm of it inside
 MIN_GLOBE_ML = 0.1        # smallest fluid component kept as a globe candidate (a cap cut by the scan edge)
+MIN_EDGE_CAP_ML = 0.02    # ... when it touches the first or last slice (what is left of a cap near the orbit's bone)
 MAX_GLOBE_ML = 10.0       # an adult globe holds ~7 mL
 RIM_MAX_HU = 0.0          # median (smoothed) HU of a 3 mm rim around a globe: orbital fat, eyelid, air
 
@@ -102,7 +103,9 @@ def detect_eyes(hu, spacing, intracranial_mask, z_positions) -> list[Eye] | None
        cavity and 40 mm in front of it, its width +- 10 mm, from the first slice to its widest slice + 30 mm.
     2. Fluid: 0.8 mm-smoothed HU in FLUID_HU, more than 2 mm from bone (> 300 HU) and 2 blocks from the
        cavity, opened by a 2 mm square (drops the thin partial-volume band of fat/soft-tissue borders).
-    3. Globe candidates: 3-D components of MIN_GLOBE_ML-MAX_GLOBE_ML whose 3 mm rim (bone left out) has a
+    3. Globe candidates: 3-D components of MIN_GLOBE_ML-MAX_GLOBE_ML (from MIN_EDGE_CAP_ML when the component
+       touches the first or last slice: a cap cut by the scan edge; its rim then leaves out fluid-range voxels,
+       the rest of the cap that the opening removed) whose 3 mm rim (bone left out) has a
        median HU below RIM_MAX_HU (a globe lies in orbital fat, eyelids and air; CSF spaces lie in brain).
        The globes are the pair mirrored about the cavity's mid-line (lateral separation 30-90 mm, AP and z
        offsets < 15 mm, mid-point within 20 mm of the mid-line), largest total volume first; without a pair,
@@ -141,6 +144,7 @@ def detect_eyes(hu, spacing, intracranial_mask, z_positions) -> list[Eye] | None
     sm = ndi.gaussian_filter(sub, (0, 0.8 / py, 0.8 / px))
     fluid = (sm > FLUID_HU[0]) & (sm < FLUID_HU[1]) & ~near_bone & ~_box_dilate(cav_s, 2)
     r = max(1, int(round(2.0 / px)))
+    fluid_raw = fluid
     fluid = ndi.maximum_filter(ndi.minimum_filter(fluid, size=(1, 2 * r + 1, 2 * r + 1)), size=(1, 2 * r + 1, 2 * r + 1))
     lab, n = ndi.label(fluid)
     if n == 0:
@@ -151,12 +155,17 @@ def detect_eyes(hu, spacing, intracranial_mask, z_positions) -> list[Eye] | None
     cands = []
     r_rim = max(1, int(round(3.0 / px)))
     for i, sl in enumerate(objs, start=1):
-        if not MIN_GLOBE_ML <= sizes[i] <= MAX_GLOBE_ML:
+        at_edge = sl[0].start == 0 or sl[0].stop >= nz
+        # a cap cut by the first/last slice can be tiny: near the orbital roof/floor the 2 mm bone margin and
+        # the opening leave only its core (0.06 mL seen for a globe whose centre lies 3 mm outside the range)
+        if not (MIN_EDGE_CAP_ML if at_edge else MIN_GLOBE_ML) <= sizes[i] <= MAX_GLOBE_ML:
             continue
         box = (sl[0], slice(max(sl[1].start - r_rim, 0), sl[1].stop + r_rim),
                slice(max(sl[2].start - r_rim, 0), sl[2].stop + r_rim))
         m = lab[box] == i
         rim = _box_dilate(m, r_rim) & ~m & ~near_bone[box]
+        if at_edge:  # the opened core of a small cap has the rest of the globe's fluid as its rim: look past it
+            rim &= ~fluid_raw[box]
         if not rim.any() or np.median(sm[box][rim]) > RIM_MAX_HU:  # CSF spaces lie in brain, a globe in fat
             continue
         kz, ky, kx = np.nonzero(m)

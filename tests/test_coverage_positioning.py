@@ -149,6 +149,23 @@ def test_head_excess_length_matches_truth(heads):
     assert max(h["truth"]["excess"] for h in heads) > 5.0  # the set has over-ranged scans
 
 
+def test_lens_found_when_the_scan_starts_through_the_lens():
+    """The scan's first slice cuts through the lenses (benchmark case: seed 8815, 256 matrix, 4.9 mm of lens in
+    range). Only a small cap of each globe is in the scan; near the orbital roof the bone margin and the opening
+    leave its core alone, so edge caps have their own size limit and rim test (before: no eye found, read 0)."""
+    from phantoms import simulate
+    from qc.pipeline import compute_masks
+
+    ph = simulate("head", seed=8815, matrix=256, pitch=4.71731739812201, yaw=-6.38241651432546,
+                  roll=-1.432982837993487, z_start=-24.557928526817033)
+    assert ph.truth["lens_in_scan"]
+    m = compute_masks(ph.scan)
+    z = ph.scan.z_positions_mm()
+    assert R.lens_in_scan_range(ph.scan.hu, ph.scan.spacing, m["intracranial_mask"], z) == 1.0
+    # geometric overlap of the lens with the range: 4.89 mm (benchmark); the estimate reads within 2 mm of it
+    assert R.lens_extent_in_range_mm(ph.scan.hu, ph.scan.spacing, m["intracranial_mask"], z) == pytest.approx(4.89, abs=2.0)
+
+
 def test_lens_iqms_off_for_a_scan_without_cranium():
     """No cranial cavity (not a head): the lens IQMs are not measured rather than guessed."""
     hu = np.full((12, 64, 64), -1000.0, dtype=np.float32)
