@@ -5,7 +5,7 @@ The models run in the pipeline (detectors: weights, I/O); these functions only p
 ``classifier_outputs`` input, so that they are documented, registered and scored like every other IQM.
 The classifiers were trained on simulated chest CT (see the weights manifest for the data and the held-out
 accuracy), so these IQMs are registered for chest scans only; the TFKT perceptual score is registered for head and
-chest (it was trained on both).
+chest (it was trained on both), and so are the Noise2Quality IQMs (:mod:`detectors.noise2quality`).
 """
 
 from __future__ import annotations

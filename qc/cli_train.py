@@ -78,14 +78,14 @@ def train_seg(
 @train_app.command("chest-iqa")
 def train_chest_iqa(
     n: int = typer.Option(480, "--n", min=4, help="Simulated training chest slabs (ignored with --data)."),
-    epochs: int = typer.Option(120, "--epochs", min=1, help="Passes over the training set."),
+    epochs: int = typer.Option(50, "--epochs", min=1, help="Passes over the training set."),
     full: bool = typer.Option(False, "--full", help="Paper widths 64-128-256-512-512, lr 1e-4, batch 1 (GPU)."),
     scalars: bool = typer.Option(True, "--scalars/--no-scalars",
                                  help="Give the heads ln WED, ln pixel, ln slice (documented deviation)."),
     batch_norm: bool = typer.Option(False, "--batch-norm", help="The paper's batch norm in the backbone (off: it "
                                     "rescales each batch's noise; see detectors/chest_iqa.py)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Folder of scans + labels.csv (file,window,dose,snr,brisque)."),
-    n_heldout: int = typer.Option(60, "--n-heldout", min=0, help="Held-out simulated slabs measured into the manifest."),
+    n_heldout: int = typer.Option(200, "--n-heldout", min=0, help="Held-out simulated slabs measured into the manifest."),
     seed: int = typer.Option(0, "--seed", help="Training seed (simulated training seeds shift by 1000 per seed)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes simulating the data."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Folder caching the simulated crops (.npz)."),
@@ -149,8 +149,8 @@ def train_perceptual(
 
 @train_app.command("n2q")
 def train_n2q(
-    n: int = typer.Option(320, "--n", min=2, help="Simulated training slices (chest/head alternating), x 5 dose levels."),
-    epochs: int = typer.Option(12, "--epochs", min=1, help="Passes over the training set (128 x 128 crops)."),
+    n: int = typer.Option(480, "--n", min=2, help="Simulated training slices (chest/head alternating), x 5 dose levels."),
+    epochs: int = typer.Option(16, "--epochs", min=1, help="Passes over the training set (96 x 96 crops)."),
     seed: int = typer.Option(0, "--seed", help="Training seed (simulated training seeds shift by 1000 per seed)."),
     full: bool = typer.Option(False, "--full", help="Paper widths 16-256, instance norm, dropout 0.25, lr 2e-4, batch 16 (GPU)."),
     norm: Optional[str] = typer.Option(None, "--norm", help="'none' or 'instance' (default: none on CPU, instance with --full)."),

@@ -230,6 +230,12 @@ def write_scan_report(path, result: Assessment, out_html, series_uid: str | None
         scan = load_scan(path, series_uid=series_uid)
         masks = compute_masks(scan)
         views = _png(_views_figure(scan, masks.get("body_mask"), result.region), "axial, coronal and sagittal views")
+        if str(result.versions.get("noise2quality", "")).startswith("noise2quality-"):  # assessed with --networks
+            from detectors import noise2quality
+
+            n2q_fig = noise2quality.map_figure(scan.hu, scan.spacing)
+            if n2q_fig is not None:
+                views += _png(n2q_fig, "Noise2Quality predicted SSIM map")
     except QCInputError as exc:
         note = str(exc)
     return _write(out_html, scan_report_html(result, views, note))
