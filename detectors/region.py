@@ -150,6 +150,14 @@ def decide(hu, spacing, body_mask, lung_mask, intracranial_mask, model: RegionMo
     best = max(probs, key=probs.get)
     ptxt = ", ".join(f"P({c}) {p:.2f}" for c, p in probs.items())
     feats_txt = f"skull-ring slices {heur.skull_fraction:.0%}, lung slices {heur.lung_fraction:.0%}"
+    # a linear model extrapolates: far outside its training data (two soft-tissue blocks, a 4-slice neck stub) it
+    # can still favour a class. A head needs at least one slice with a closed skull ring and a chest at least one
+    # with lungs; without that evidence the scan is not assessed as that region whatever the probabilities say.
+    missing = {"head": feats["skull_frac"] <= 0.0, "chest": feats["lung_frac"] <= 0.0}
+    if missing.get(best, False):
+        reason = (f"neither head nor chest: the model favours {best} ({ptxt}) but no slice shows "
+                  f"{'a closed skull ring' if best == 'head' else 'lungs'} ({feats_txt})")
+        return RegionDecision("other", heur.skull_fraction, heur.lung_fraction, reason, probs)
     reason = (f"{best}: {ptxt} ({feats_txt})" if best != "other"
               else f"neither head nor chest ({ptxt}; {feats_txt})")
     return RegionDecision(best, heur.skull_fraction, heur.lung_fraction, reason, probs)

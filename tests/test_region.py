@@ -85,3 +85,14 @@ def test_qc_train_region_end_to_end(tmp_path):
     assert entry["sha256"] == weights.sha256_file(tmp_path / "region.json")
     model = region.RegionModel.from_json(weights.load_json_model("region", tmp_path / "manifest.json")["model"])
     assert np.asarray(model.coef).shape == (3, len(region.REGION_FEATURES))
+
+
+def test_no_anatomical_evidence_is_other_whatever_the_model_extrapolates(shipped):
+    """Two soft-tissue blocks (legs-like): far outside the training data the linear model may favour a class, but
+    without a skull-ring slice or a lung slice the decision is 'other' (the catalogue's region-not-supported case)."""
+    hu = np.full((20, 64, 64), -1000.0, np.float32)
+    hu[:, 20:44, 8:28] = 40.0
+    hu[:, 20:44, 36:56] = 40.0
+    m = classical.segment(hu, (2.5, 1.0, 1.0))
+    d = region.decide(hu, (2.5, 1.0, 1.0), m["body_mask"], m["lung_mask"], m["intracranial_mask"], model=shipped)
+    assert d.region == "other" and d.reason.startswith("neither head nor chest")
