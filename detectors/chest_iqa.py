@@ -65,7 +65,6 @@ standardisation constants are buffers in the state dict, so the file is self-des
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 
@@ -324,21 +323,11 @@ def model_from_state(state: dict):
     return model.eval()
 
 
-@functools.lru_cache(maxsize=2)
-def _shipped(manifest: str | None = None):
-    from detectors import weights
-
-    return model_from_state(weights.load_tensors(WEIGHTS_NAME, Path(manifest) if manifest else weights.MANIFEST))
-
-
 def shipped_model(manifest: Path | None = None):
     """The shipped network (sha256-verified), or None if it has not been trained yet."""
-    from detectors.weights import WeightsError
+    from detectors import weights
 
-    try:
-        return _shipped(str(manifest) if manifest else None)
-    except WeightsError:
-        return None
+    return weights.shipped_network(WEIGHTS_NAME, model_from_state, manifest)
 
 
 def _outputs(model, crops: np.ndarray, scalars_raw: np.ndarray) -> list[dict]:

@@ -102,7 +102,6 @@ loaded 2-core machine (1 torch thread, see :func:`_run`); the network alone 0.06
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 
@@ -253,21 +252,11 @@ def model_from_state(state: dict):
     return model.eval()
 
 
-@functools.lru_cache(maxsize=2)
-def _shipped(manifest: str | None = None):
-    from detectors import weights
-
-    return model_from_state(weights.load_tensors(WEIGHTS_NAME, Path(manifest) if manifest else weights.MANIFEST))
-
-
 def shipped_model(manifest: Path | None = None):
     """The shipped network (sha256-verified), or None when it is missing or fails verification."""
-    from detectors.weights import WeightsError
+    from detectors import weights
 
-    try:
-        return _shipped(str(manifest) if manifest else None)
-    except WeightsError:
-        return None
+    return weights.shipped_network(WEIGHTS_NAME, model_from_state, manifest)
 
 
 def _run(model, w: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -67,7 +67,6 @@ per slice, ~25 slices/s; the paper: ~30/s), plus ~1.7 s to import torch and ~1.6
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 
@@ -225,21 +224,11 @@ def model_from_state(state: dict):
     return model.eval()
 
 
-@functools.lru_cache(maxsize=2)
-def _shipped(manifest: str | None = None):
-    from detectors import weights
-
-    return model_from_state(weights.load_tensors(WEIGHTS_NAME, Path(manifest) if manifest else weights.MANIFEST))
-
-
 def shipped_model(manifest: Path | None = None):
     """The shipped network (sha256-verified), or None when it has not been trained."""
-    from detectors.weights import WeightsError
+    from detectors import weights
 
-    try:
-        return _shipped(str(manifest) if manifest else None)
-    except WeightsError:
-        return None
+    return weights.shipped_network(WEIGHTS_NAME, model_from_state, manifest)
 
 
 def save(model, path: Path) -> None:

@@ -15,6 +15,7 @@ corrupted in transit or replaced); nothing is ever downloaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -78,6 +79,26 @@ def load_tensors(name: str, manifest: Path = MANIFEST) -> dict:
     if path.suffix != ".safetensors":
         raise WeightsError("shipped network weights must be .safetensors", path)
     return load_file(str(path))
+
+
+def version_label(name: str, manifest: Path = MANIFEST) -> str:
+    """'<version> sha256:<12 hex>' of a manifest entry: what the JSON result names as the model that ran."""
+    entry = model_entry(name, manifest)
+    return f"{entry.get('version', name)} sha256:{str(entry.get('sha256'))[:12]}"
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_network(name: str, from_state, manifest: str):
+    return from_state(load_tensors(name, Path(manifest)))
+
+
+def shipped_network(name: str, from_state, manifest: Path | None = None):
+    """A shipped safetensors network rebuilt by ``from_state(state_dict)`` (sha256-verified, cached per process),
+    or None when it is missing or fails verification (its IQMs are then not measured)."""
+    try:
+        return _cached_network(name, from_state, str(manifest or MANIFEST))
+    except WeightsError:
+        return None
 
 
 def load_json_model(name: str, manifest: Path = MANIFEST) -> dict:

@@ -108,52 +108,40 @@ def classifier_outputs(scan: Scan, available: dict, values: dict) -> tuple[dict,
         return classifiers.predict(None, None), "not trained (run `qc train classifiers`)"
     feats = classifiers.features_from(scan.hu, scan.spacing, available["body_mask"],
                                       values.get("global_noise_index_hu"), values.get("water_equivalent_diameter_mm"))
-    entry = weights.model_entry("classifiers")
-    return classifiers.predict(models, feats), f"{entry.get('version', 'classifiers')} sha256:{str(entry.get('sha256'))[:12]}"
+    return classifiers.predict(models, feats), weights.version_label("classifiers")
+
+
+#: The learned networks run by ``assess(networks=True)``: module in detectors/, regions it was trained on, and
+#: {classifier_outputs key read by its IQMs (metrics/learned.py): key of the module's predict_volume result}.
+NETWORKS = (
+    ("chest_iqa", ("chest",), {"chest_iqa_window_prob_lung": "window_prob_lung", "chest_iqa_dose_prob_low": "dose_prob_low",
+                               "chest_iqa_snr": "snr_pred", "chest_iqa_brisque": "brisque_pred"}),
+    ("tfkt", ("head", "chest"), {"tfkt_quality_score": "tfkt_quality_score"}),
+    ("noise2quality", ("head", "chest"), {"n2q_mean_ssim": "mean_ssim", "n2q_dose_level_pct": "dose_level_pct"}),
+)
 
 
 def network_outputs(scan: Scan, region: str) -> tuple[dict, dict[str, str]]:
     """Outputs of the shipped learned networks for the region (torch is imported here, not before), merged into
     ``classifier_outputs`` under ``<network>_<output>`` keys, and {network: 'version sha256:<12 hex>'} for the
     JSON. A network whose weights are missing or fail verification is skipped and reported as such."""
+    import importlib
+
     from detectors import weights
 
     out: dict = {}
     versions: dict[str, str] = {}
-    if region == "chest":
-        from detectors import chest_iqa
-
-        model = chest_iqa.shipped_model()
+    for module, regions, keys in NETWORKS:
+        if region not in regions:
+            continue
+        net = importlib.import_module(f"detectors.{module}")
+        model = net.shipped_model()
         if model is None:
-            versions["chest_iqa"] = "not available (weights missing or not verified)"
-        else:
-            pred = chest_iqa.predict_volume(scan.hu, scan.spacing, model)
-            out.update({"chest_iqa_window_prob_lung": pred["window_prob_lung"],
-                        "chest_iqa_dose_prob_low": pred["dose_prob_low"],
-                        "chest_iqa_snr": pred["snr_pred"], "chest_iqa_brisque": pred["brisque_pred"]})
-            entry = weights.model_entry(chest_iqa.WEIGHTS_NAME)
-            versions["chest_iqa"] = f"{entry.get('version', 'chest_iqa')} sha256:{str(entry.get('sha256'))[:12]}"
-    if region in ("head", "chest"):  # TFKT perceptual score (detectors/tfkt.py), trained on head and chest slices
-        from detectors import tfkt
-
-        model = tfkt.shipped_model()
-        if model is None:
-            versions["tfkt"] = "not available (weights missing or not verified)"
-        else:
-            out["tfkt_quality_score"] = tfkt.predict_volume(scan.hu, scan.spacing, model)["tfkt_quality_score"]
-            entry = weights.model_entry(tfkt.WEIGHTS_NAME)
-            versions["tfkt"] = f"{entry.get('version', 'tfkt')} sha256:{str(entry.get('sha256'))[:12]}"
-    if region in ("head", "chest"):  # Noise2Quality SSIM map + dose level (detectors/noise2quality.py), head and chest
-        from detectors import noise2quality
-
-        model = noise2quality.shipped_model()
-        if model is None:
-            versions["noise2quality"] = "not available (weights missing or not verified)"
-        else:
-            pred = noise2quality.predict_volume(scan.hu, scan.spacing, model)
-            out.update({"n2q_mean_ssim": pred["mean_ssim"], "n2q_dose_level_pct": pred["dose_level_pct"]})
-            entry = weights.model_entry(noise2quality.WEIGHTS_NAME)
-            versions["noise2quality"] = f"{entry.get('version', 'noise2quality')} sha256:{str(entry.get('sha256'))[:12]}"
+            versions[net.WEIGHTS_NAME] = "not available (weights missing or not verified)"
+            continue
+        pred = net.predict_volume(scan.hu, scan.spacing, model)
+        out.update({iqm_key: pred[key] for iqm_key, key in keys.items()})
+        versions[net.WEIGHTS_NAME] = weights.version_label(net.WEIGHTS_NAME)
     return out, versions
 
 
@@ -163,8 +151,7 @@ def region_version(decision) -> str:
         return "heuristic-1"
     from detectors import region, weights
 
-    entry = weights.model_entry(region.REGION_MODEL)
-    return f"{entry.get('version', 'region')} sha256:{str(entry.get('sha256'))[:12]}"
+    return weights.version_label(region.REGION_MODEL)
 
 
 def segmenter_version(segmenter: str, region: str) -> str:
@@ -183,8 +170,7 @@ def segmenter_version(segmenter: str, region: str) -> str:
         return "classical-1"
     from detectors import segmentation, weights
 
-    entry = weights.model_entry(segmentation.model_name(region))
-    return f"monai {entry.get('version', segmentation.model_name(region))} sha256:{str(entry.get('sha256'))[:12]}"
+    return f"monai {weights.version_label(segmentation.model_name(region))}"
 
 
 def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | None = None,
