@@ -330,21 +330,61 @@ def shipped_model(manifest: Path | None = None):
     return weights.shipped_network(WEIGHTS_NAME, model_from_state, manifest)
 
 
-def _outputs(model, crops: np.ndarray, scalars_raw: np.ndarray) -> list[dict]:
+def onnx_meta(model) -> dict:
+    """Constants the post-processing reads from the network's buffers, stored in its ONNX export."""
+    return {"in_z": int(model.meta_in_z), "in_ch": int(model.meta_in_ch), "log_snr": int(model.meta_log_snr),
+            "target_stats": [float(v) for v in model.target_stats]}
+
+
+def export_module(model):
+    """The network as ONNX exports it: (crops, scalars) -> (window logits, dose logits, snr, brisque)."""
     import torch
 
-    stats = model.target_stats.numpy()
-    with torch.inference_mode():
-        # channels on the stored 128 x 128 crop, then the central 96 x 96 (as in training: no filter edge effects)
-        x = torch.from_numpy(np.ascontiguousarray(_center(to_channels(crops, int(model.meta_in_ch)), CROP)))
-        s = torch.from_numpy(_log_scalars(scalars_raw))
-        out = model(x, s)
-        pw = torch.softmax(out["window"], 1)[:, 1].numpy()
-        pd = torch.softmax(out["dose"], 1)[:, 0].numpy()
-        snr = out["snr"].numpy() * stats[1] + stats[0]
-        if int(model.meta_log_snr):
-            snr = np.exp(snr)
-        br = out["brisque"].numpy() * stats[3] + stats[2]
+    class Export(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x, s):
+            o = self.m(x, s)
+            return o["window"], o["dose"], o["snr"], o["brisque"]
+
+    return Export().eval()
+
+
+def _meta(model) -> dict:
+    return model.meta if hasattr(model, "meta") and isinstance(model.meta, dict) else onnx_meta(model)
+
+
+def default_model():
+    """The ONNX export when it verifies (no torch import), else the torch network, else None."""
+    from detectors import runtime
+
+    return runtime.default_model(WEIGHTS_NAME, shipped_model)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _outputs(model, crops: np.ndarray, scalars_raw: np.ndarray) -> list[dict]:
+    from detectors.runtime import OnnxNet, TorchFn
+
+    meta = _meta(model)
+    # channels on the stored 128 x 128 crop, then the central 96 x 96 (as in training: no filter edge effects)
+    x = np.ascontiguousarray(_center(to_channels(crops, int(meta["in_ch"])), CROP))
+    s = _log_scalars(scalars_raw)
+    fn = model if isinstance(model, (OnnxNet, TorchFn)) else TorchFn(export_module(model))
+    window, dose, snr, br = fn(x, s)
+    stats = np.asarray(meta["target_stats"], dtype=np.float64)
+    pw = _softmax(window)[:, 1]
+    pd = _softmax(dose)[:, 0]
+    snr = np.asarray(snr, np.float64) * stats[1] + stats[0]
+    if int(meta["log_snr"]):
+        snr = np.exp(snr)
+    br = np.asarray(br, np.float64) * stats[3] + stats[2]
     return [{"window_prob_lung": float(pw[i]), "dose_prob_low": float(pd[i]), "snr_pred": float(snr[i]),
              "brisque_pred": float(br[i])} for i in range(len(pw))]
 
@@ -355,10 +395,10 @@ def predict_volume(hu, spacing, model=None) -> dict:
     ``snr_pred`` and ``brisque_pred`` (the network's estimates of those IQMs). All None when the shipped
     weights are missing or no body is found."""
     keys = ("window_prob_lung", "dose_prob_low", "snr_pred", "brisque_pred")
-    model = model if model is not None else shipped_model()
+    model = model if model is not None else default_model()
     if model is None:
         return dict.fromkeys(keys)
-    got = extract_input(hu, spacing, size=(int(model.meta_in_z),) + STORE[1:])
+    got = extract_input(hu, spacing, size=(int(_meta(model)["in_z"]),) + STORE[1:])
     if got is None:
         return dict.fromkeys(keys)
     crop, scal = got

@@ -234,7 +234,12 @@ def build_model(features=tuple(CPU_CONFIG["features"]), dropout: float = 0.0, no
             smap = torch.tanh(u.final_conv(y))[:, 0]
             pooled = x4.mean(dim=(2, 3))
             if mask is not None:  # body-masked average of the bottleneck (global average where no body)
-                m = F.adaptive_avg_pool2d(mask[:, None].float(), x4.shape[-2:])
+                m = mask[:, None].float()
+                kh, kw = int(m.shape[-2]) // int(x4.shape[-2]), int(m.shape[-1]) // int(x4.shape[-1])
+                if kh * int(x4.shape[-2]) == int(m.shape[-2]) and kw * int(x4.shape[-1]) == int(m.shape[-1]):
+                    m = F.avg_pool2d(m, (kh, kw))  # = adaptive pooling for divisible sizes, and exportable to ONNX
+                else:
+                    m = F.adaptive_avg_pool2d(m, x4.shape[-2:])
                 wsum = m.sum(dim=(2, 3))
                 masked = (x4 * m).sum(dim=(2, 3)) / wsum.clamp_min(1e-6)
                 pooled = torch.where(wsum > 0, masked, pooled)
@@ -259,22 +264,53 @@ def shipped_model(manifest: Path | None = None):
     return weights.shipped_network(WEIGHTS_NAME, model_from_state, manifest)
 
 
-def _run(model, w: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Maps [B, H, W] and dose probabilities [B, 5] of windowed slices w [B, H, W] with body masks. Runs on one
-    torch thread (restored afterwards): the same summation order on every machine, and for this small network a
-    second OpenMP thread did not pay - measured on the shared 2-core machine, 3 slices took 0.12 s on 1 thread and
-    0.96 s on 2 (each op waits for the thread whose core is busy)."""
+def default_model():
+    """The ONNX export when it verifies (no torch import), else the torch network, else None."""
+    from detectors import runtime
+
+    return runtime.default_model(WEIGHTS_NAME, shipped_model)
+
+
+def export_module(model):
+    """The network as ONNX exports it: (input channels, float body mask) -> (SSIM map, dose logits)."""
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            x = torch.from_numpy(input_channels(w))
-            smap, logits = model(x, torch.from_numpy(np.ascontiguousarray(mask)))
-            return smap.numpy().astype(np.float32), torch.softmax(logits, dim=1).numpy().astype(np.float64)
-    finally:
-        torch.set_num_threads(threads)
+    class Export(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x, mask):
+            return self.m(x, mask)
+
+    return Export().eval()
+
+
+def _run(model, w: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Maps [B, H, W] and dose probabilities [B, 5] of windowed slices w [B, H, W] with body masks. A torch model
+    runs on one torch thread (restored afterwards): the same summation order on every machine, and for this small
+    network a second OpenMP thread did not pay - measured on the shared 2-core machine, 3 slices took 0.12 s on 1
+    thread and 0.96 s on 2 (each op waits for the thread whose core is busy). The ONNX export runs on ONNX
+    Runtime's own pool (detectors/runtime.py)."""
+    from detectors.runtime import OnnxNet
+
+    x = input_channels(w)
+    m = np.ascontiguousarray(mask, dtype=np.float32)
+    if isinstance(model, OnnxNet):
+        smap, logits = model(x, m)
+    else:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                smap, logits = (t.numpy() for t in model(torch.from_numpy(x), torch.from_numpy(m)))
+        finally:
+            torch.set_num_threads(threads)
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return np.asarray(smap, dtype=np.float32), e / e.sum(axis=1, keepdims=True)
 
 
 def predict_map(hu_slice, spacing=None, model=None) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -289,7 +325,7 @@ def predict_map(hu_slice, spacing=None, model=None) -> tuple[np.ndarray | None, 
         raise QCInputError(f"predict_map needs one 2-D axial slice of at least 16 x 16 pixels, got shape {hu_slice.shape}")
     if spacing is not None and (len(spacing) not in (2, 3) or not all(np.isfinite(s) and s > 0 for s in spacing)):
         raise QCInputError(f"spacing must be (dy, dx) or (dz, dy, dx) positive mm, got {spacing}")
-    model = model if model is not None else shipped_model()
+    model = model if model is not None else default_model()
     if model is None:
         return None, None
     w, body = prepare_slice(np.nan_to_num(hu_slice.astype(np.float32), nan=-1024.0))
@@ -316,7 +352,7 @@ def predict_volume(hu, spacing, model=None, n_slices: int = N_SLICES, return_map
     ``slice_index``. All None when the weights are missing or no body is found."""
     keys = ("mean_ssim", "dose_level_pct", "dose_probs")
     empty = dict.fromkeys(keys + (("map", "slice_index") if return_map else ()))
-    model = model if model is not None else shipped_model()
+    model = model if model is not None else default_model()
     hu = np.asarray(hu)
     if model is None or hu.ndim != 3 or hu.shape[0] == 0:
         return empty

@@ -4,14 +4,16 @@ Design (aimed at the 3 s budget for a 512x512x300 chest on 2 CPU cores; measured
 ``benchmarks/bench_segmentation.py``):
 
 1. **Coarse grid.** The scan is block-averaged by integer factors (``np.add.reduceat``: no full-size copy) and
-   resampled linearly (:func:`resize_linear`, torch trilinear = ``scipy.ndimage.zoom(order=1, grid_mode=True)``)
+   resampled linearly (:func:`resize_linear`: torch's trilinear = ``scipy.ndimage.zoom(order=1, grid_mode=True)``)
    to an isotropic grid of :data:`TARGET_MM` (head 3 mm, chest 4 mm). A 512x512x300 chest becomes 75x125x125.
 2. **Network.** ``monai.networks.nets.UNet`` (3-D, channels 8-16-32-64, strides 2-2-2, one residual unit,
    batch norm) sees three HU windows of the coarse volume (wide -1000..3000, soft tissue -150..150,
    brain/lens 0..120 HU; air = 0 in every channel so that zero padding is air) and predicts the region's
-   mutually exclusive classes (:data:`REGION_CLASSES`). Inference is
-   ``monai.inferers.sliding_window_inference`` (one window when the coarse volume fits), CPU by default and CUDA
-   when ``torch.cuda.is_available()``; eval mode and no dropout make it deterministic.
+   mutually exclusive classes (:data:`REGION_CLASSES`). At assessment the network runs from its ONNX export on
+   ONNX Runtime (detectors/runtime.py: no torch import) with a numpy copy of MONAI's Gaussian sliding window
+   (:func:`sliding_window`; one window when the coarse volume fits); a torch model (training, evaluation) runs
+   through ``monai.inferers.sliding_window_inference``, on CUDA when available. Eval mode and no dropout make both
+   deterministic; they agree to ~4e-5 in the logits (tests/test_runtime.py).
 3. **Back to full resolution.** Class probabilities are resampled (linear) to the block grid, arg-maxed and
    expanded by repetition. Boundaries of the classes that have a clear HU edge are then **refined at full
    resolution**: a mask is its eroded coarse core plus, in a one-block band around the coarse boundary, the voxels
@@ -30,7 +32,7 @@ Known limits: the network has only seen the simulator's anatomy. The chest model
 untrained (the simulator puts the arms up for every trunk wider than 290 mm); on the real abdomen CT it calls bowel
 gas "lungs" and abdominal organs "mediastinum" (see the benchmark); CSF (a thin rim at 3 mm) has Dice ~0.55.
 Chest lungs and trachea are HU-gated in the core too (``core=False``) and kept only where the air is enclosed by the
-patient (:func:`_enclosed_air`): on the real abdomen the network's lung region also covered room air outside the
+patient (:func:`_enclosed_blocks`, on the block grid): on the real abdomen the network's lung region also covered room air outside the
 skin, lungs Dice 0.18 -> 0.40 (classical 0.54, which also counts bowel gas; the network has never seen bowel gas).
 
 Label mapping from the phantom tissues (:mod:`phantoms.tissues`) is :func:`class_map` (documented per class there).
@@ -210,20 +212,28 @@ class CoarseGrid:
         target = tuple(max(1, int(round(b * k * float(s) / target_mm))) for b, k, s in zip(block, f, spacing))
         return cls(tuple(int(n) for n in shape), f, block, target)
 
-    def block_mean(self, vol: np.ndarray) -> np.ndarray:
-        """Mean over each f-block (the last block of an axis may be partial): reduceat, no padded copy."""
-        out = vol
-        for axis, k in enumerate(self.f):
-            if k == 1:
-                continue
-            n = out.shape[axis]
-            starts = np.arange(0, n, k)
-            counts = np.minimum(starts + k, n) - starts
-            out = np.add.reduceat(out, starts, axis=axis, dtype=np.float32)
-            shape = [1, 1, 1]
-            shape[axis] = -1
-            out = out / counts.reshape(shape).astype(np.float32)
-        return np.asarray(out, dtype=np.float32)
+    def block_mean(self, vol: np.ndarray, fov: np.ndarray | None = None, outside: float = -1000.0) -> np.ndarray:
+        """Mean over each f-block (the last block of an axis may be partial), one z-block at a time (reduceat on a
+        few slices: no full-size float copy, cache-friendly). Voxels outside ``fov`` (bool, broadcastable to
+        ``vol``) count as ``outside``."""
+        fz = self.f[0]
+        out = np.empty(self.block_shape, dtype=np.float32)
+        for b, z0 in enumerate(range(0, vol.shape[0], fz)):
+            chunk = np.asarray(vol[z0 : z0 + fz], dtype=np.float32)
+            if fov is not None:
+                f = fov[z0 : z0 + fz] if fov.shape[0] == vol.shape[0] else fov
+                chunk = np.where(f, chunk, np.float32(outside))
+            r = chunk.mean(axis=0)
+            for axis, k in ((0, self.f[1]), (1, self.f[2])):
+                if k == 1:
+                    continue
+                n = r.shape[axis]
+                starts = np.arange(0, n, k)
+                counts = (np.minimum(starts + k, n) - starts).astype(np.float32)
+                r = np.add.reduceat(r, starts, axis=axis, dtype=np.float32)
+                r /= counts.reshape((-1, 1) if axis == 0 else (1, -1))
+            out[b] = r
+        return out
 
     def to_target(self, block: np.ndarray) -> np.ndarray:
         """Block grid -> target grid, linear (``[z, y, x]`` or ``[C, z, y, x]``)."""
@@ -248,20 +258,47 @@ class CoarseGrid:
 
 def resize_linear(vol, shape):
     """Linear resampling of the last three axes to ``shape`` (pixel-area aligned, edges clamped: the same
-    values as ``scipy.ndimage.zoom(order=1, grid_mode=True, mode='nearest')``, ~20x faster via torch).
-    A numpy array in gives a numpy array out; a torch tensor stays a tensor."""
-    import torch
-    import torch.nn.functional as F
-
+    values as ``scipy.ndimage.zoom(order=1, grid_mode=True, mode='nearest')`` and torch's trilinear
+    ``align_corners=False``). A numpy array is resampled with numpy (:func:`_resize_linear_np`; assessment must not
+    import torch), a torch tensor stays a tensor (training)."""
     shape = tuple(int(s) for s in shape)
     if tuple(vol.shape[-3:]) == shape:
         return vol
-    is_np = isinstance(vol, np.ndarray)
-    t = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32)) if is_np else vol
-    lead = t.shape[:-3]
-    t = t.reshape((1, -1) + tuple(t.shape[-3:]))
-    out = F.interpolate(t, size=shape, mode="trilinear", align_corners=False).reshape(tuple(lead) + shape)
-    return out.numpy() if is_np else out
+    if isinstance(vol, np.ndarray):
+        return _resize_linear_np(vol, shape)
+    import torch.nn.functional as F
+
+    lead = vol.shape[:-3]
+    t = vol.reshape((1, -1) + tuple(vol.shape[-3:]))
+    return F.interpolate(t, size=shape, mode="trilinear", align_corners=False).reshape(tuple(lead) + shape)
+
+
+def _resize_linear_np(vol: np.ndarray, shape) -> np.ndarray:
+    """Separable linear interpolation, one axis at a time, with torch's source index for ``align_corners=False``
+    (``(i + 0.5) n / m - 0.5``, clamped at 0; the upper neighbour clamped at n - 1). Written here because
+    ``scipy.ndimage.zoom(order=1, grid_mode=True)`` computes the same values ~20x slower (a full spline machinery
+    for a 2-tap filter) and torch is what we avoid importing; only coarse grids (<= a few M voxels) come here."""
+    out = np.asarray(vol, dtype=np.float32)
+    nd = out.ndim
+    for k, m in enumerate(shape):
+        axis = nd - 3 + k
+        n = out.shape[axis]
+        if n == m:
+            continue
+        src = np.maximum((np.arange(m, dtype=np.float64) + 0.5) * (n / m) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(np.intp), n - 1)
+        i1 = np.minimum(i0 + 1, n - 1)
+        w = (src - i0).astype(np.float32)
+        bshape = [1] * nd
+        bshape[axis] = m
+        w = w.reshape(bshape)
+        a = np.take(out, i0, axis=axis)
+        b = np.take(out, i1, axis=axis)
+        b -= a
+        b *= w
+        a += b
+        out = a
+    return out
 
 
 def network_input(coarse_hu: np.ndarray) -> np.ndarray:
@@ -272,12 +309,17 @@ def network_input(coarse_hu: np.ndarray) -> np.ndarray:
                      np.clip(h / 120.0, 0.0, 1.0)]).astype(np.float32)
 
 
+def coarse_block(hu: np.ndarray, spacing, region: str, fov: np.ndarray | None = None) -> tuple[CoarseGrid, np.ndarray]:
+    """(grid, HU block means on the block grid). Voxels outside ``fov`` count as air."""
+    grid = CoarseGrid.make(hu.shape, spacing, TARGET_MM[region])
+    if fov is not None and fov.strides and fov.strides[0] == 0 and fov.strides[-1] == 0 and bool(fov.flat[0]):
+        fov = None  # an all-True broadcast field of view
+    return grid, grid.block_mean(hu, fov)
+
+
 def coarse_hu(hu: np.ndarray, spacing, region: str, fov: np.ndarray | None = None) -> tuple[CoarseGrid, np.ndarray]:
     """(grid, HU on the isotropic target grid). Voxels outside ``fov`` count as air."""
-    grid = CoarseGrid.make(hu.shape, spacing, TARGET_MM[region])
-    if fov is not None and not (fov.strides and fov.strides[0] == 0 and fov.strides[-1] == 0 and bool(fov.flat[0])):
-        hu = np.where(fov, hu, np.float32(-1000.0))
-    block = grid.block_mean(hu)
+    grid, block = coarse_block(hu, spacing, region, fov)
     return grid, grid.to_target(np.clip(block, -1024.0, 3071.0))
 
 
@@ -343,20 +385,109 @@ def _device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _roi(shape, max_roi=(96, 160, 160)) -> tuple[int, ...]:
+    """Sliding-window size: the coarse volume rounded up to multiples of 8 (the UNet's total stride), capped."""
+    return tuple(min(m, 8 * math.ceil(s / 8)) for s, m in zip(shape, max_roi))
+
+
+#: Coarse slices replicated beyond the first and last slice before inference (see :func:`predict_probs`).
+Z_EXTEND = 6
+
+
 def predict_probs(net, coarse: np.ndarray, max_roi=(96, 160, 160)):
-    """Softmax class probabilities (CPU torch tensor [C, z, y, x]) on the target grid (sliding window, one
-    window if it fits)."""
+    """Softmax class probabilities [C, z, y, x] on the target grid (sliding window, one window when it fits).
+    ``net`` is the ONNX export (:class:`detectors.runtime.OnnxNet`: numpy in and out, :func:`sliding_window`) or a
+    torch module (training and evaluation: ``monai.inferers.sliding_window_inference``, a CPU torch tensor out).
+
+    The scan's first and last coarse slices are replicated :data:`Z_EXTEND` times outward first: a CT scan ends
+    where the table stopped, not where the anatomy ends, and with air (zero) padding the network read the scan edge
+    as the end of the organ (lungs invented beside the trachea in the top slice of a chest, a shrunken cranial
+    cavity in the bottom slice of a head: coverage IQMs off by 15 mm)."""
+    from detectors.runtime import OnnxNet, TorchFn
+
+    ext = Z_EXTEND if coarse.shape[0] > 1 else 0
+    if ext:
+        coarse = np.pad(coarse, ((ext, ext), (0, 0), (0, 0)), mode="edge")
+    roi = _roi(coarse.shape, max_roi)
+    x = network_input(coarse)[None]
+    if isinstance(net, (OnnxNet, TorchFn)):
+        logits = sliding_window(lambda p: net(p)[0], x, roi)[0]
+        if ext:
+            logits = np.ascontiguousarray(logits[:, ext:-ext])
+        logits -= logits.max(axis=0, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=0, keepdims=True)
+        return logits
     import torch
     from monai.inferers import sliding_window_inference
 
-    roi = tuple(min(m, 8 * math.ceil(s / 8)) for s, m in zip(coarse.shape, max_roi))
     dev = next(net.parameters()).device
-    x = torch.from_numpy(network_input(coarse)[None]).to(dev)
     with torch.inference_mode():
-        logits = sliding_window_inference(x, roi_size=roi, sw_batch_size=1, predictor=net, overlap=0.25,
-                                          mode="gaussian", padding_mode="constant", cval=0.0)
+        logits = sliding_window_inference(torch.from_numpy(x).to(dev), roi_size=roi, sw_batch_size=1, predictor=net,
+                                          overlap=0.25, mode="gaussian", padding_mode="constant", cval=0.0)
+        if ext:
+            logits = logits[:, :, ext:-ext]
         probs = torch.softmax(logits[0].float(), dim=0)
     return probs.cpu()
+
+
+def _gaussian_importance(roi, sigma_scale: float = 0.125) -> np.ndarray:
+    """MONAI's 'gaussian' window weight (``monai.data.utils.compute_importance_map``): the separable Gaussian of
+    sigma = sigma_scale x window size sampled about the window centre, clamped below at 1e-3."""
+    w = np.ones((), dtype=np.float32)
+    for n in roi:
+        x = np.arange(n, dtype=np.float32) - (n - 1) / 2.0
+        w = np.multiply.outer(w, np.exp(x**2 / (-2 * (sigma_scale * n) ** 2)).astype(np.float32))
+    return np.maximum(w, max(float(w.min()), 1e-3)).astype(np.float32)
+
+
+def sliding_window(fn, x: np.ndarray, roi, overlap: float = 0.25) -> np.ndarray:
+    """``fn`` applied over windows of ``roi`` on ``x`` [1, C, z, y, x] and blended with Gaussian weights: the
+    scheme of ``monai.inferers.sliding_window_inference(mode='gaussian', padding_mode='constant', cval=0)``
+    (symmetric zero padding up to the window, steps of (1 - overlap) x window, the last window flush with the end).
+    Re-implemented in numpy because MONAI's needs torch tensors, and assessment runs ONNX Runtime without torch;
+    tests check it against MONAI's."""
+    spatial = x.shape[2:]
+    pads = [((r - s) // 2, (r - s) - (r - s) // 2) if r > s else (0, 0) for r, s in zip(roi, spatial)]
+    xp = np.pad(x, [(0, 0), (0, 0)] + pads) if any(p != (0, 0) for p in pads) else x
+    size = xp.shape[2:]
+    starts = []
+    for r, n in zip(roi, size):
+        step = max(int(r * (1 - overlap)), 1)
+        k = max(math.ceil((n - r) / step), 0) + 1
+        starts.append(sorted({min(i * step, n - r) for i in range(k)}))
+    acc = None
+    if all(len(st) == 1 for st in starts):
+        acc = fn(xp)
+    else:
+        wmap = _gaussian_importance(roi)
+        wsum = np.zeros(size, dtype=np.float32)
+        for z0 in starts[0]:
+            for y0 in starts[1]:
+                for x0 in starts[2]:
+                    sl = (slice(z0, z0 + roi[0]), slice(y0, y0 + roi[1]), slice(x0, x0 + roi[2]))
+                    out = fn(np.ascontiguousarray(xp[(slice(None), slice(None)) + sl]))
+                    if acc is None:
+                        acc = np.zeros(out.shape[:2] + tuple(size), dtype=np.float32)
+                    acc[(slice(None), slice(None)) + sl] += out * wmap
+                    wsum[sl] += wmap
+        acc /= wsum
+    crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, spatial))
+    return np.ascontiguousarray(acc[(slice(None), slice(None)) + crop], dtype=np.float32)
+
+
+def default_model(region: str):
+    """The network :func:`segment` runs when given none: the ONNX export (no torch import) when it verifies, else
+    the torch model; None when neither is available."""
+    from detectors import runtime
+
+    def torch_model():
+        try:
+            return load_model(region)[0]
+        except ImportError:
+            return None
+
+    return runtime.default_model(model_name(region), torch_model)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -365,12 +496,12 @@ def predict_probs(net, coarse: np.ndarray, max_roi=(96, 160, 160)):
 
 
 def segment(hu: np.ndarray, spacing, region: str, fov: np.ndarray | None = None, manifest: Path | None = None,
-            net=None) -> dict[str, np.ndarray]:
+            net=None, outputs=None) -> dict[str, np.ndarray]:
     """Network masks of ``region`` at full resolution: ``dict`` name -> bool ``[z, y, x]`` (names in
-    :data:`OUTPUT_MASKS`; ``body_mask``/``lung_mask``/``intracranial_mask`` are always present, empty ones
-    as read-only broadcast views of False like :func:`detectors.classical.segment`). ``net`` overrides the
-    shipped model (training/tests)."""
-    import torch
+    :data:`OUTPUT_MASKS`, or only those in ``outputs``; ``body_mask``/``lung_mask``/``intracranial_mask`` are always
+    present, empty ones as read-only broadcast views of False like :func:`detectors.classical.segment`). ``net``
+    overrides the shipped model (training/tests)."""
+    from detectors.runtime import OnnxNet, TorchFn
 
     _check_region(region)
     hu = np.asarray(hu)
@@ -379,34 +510,56 @@ def segment(hu: np.ndarray, spacing, region: str, fov: np.ndarray | None = None,
     if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise QCInputError(f"voxel spacing must be three positive numbers, got {tuple(spacing)}")
     if net is None:
-        net, _entry = load_model(region, manifest)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    grid, coarse = coarse_hu(hu, spacing, region, fov)
-    with torch.inference_mode():
-        probs = predict_probs(net, coarse)
-        labels_b = _argmax_channels(grid.to_block(probs))
-    del probs
-    out = masks_from_block_labels(labels_b, grid, hu, region)
+        net = default_model(region) if manifest is None else load_model(region, manifest)[0]
+        if net is None:
+            from detectors.weights import WeightsError
+
+            raise WeightsError(f"no shipped segmentation network for {region} (ONNX export or torch weights)")
+    grid, block = coarse_block(hu, spacing, region, fov)
+    coarse = grid.to_target(np.clip(block, -1024.0, 3071.0))
+    if isinstance(net, (OnnxNet, TorchFn)):
+        labels_b = _argmax_channels(grid.to_block(predict_probs(net, coarse)))
+    else:
+        import torch
+
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+        with torch.inference_mode():
+            labels_b = _argmax_channels(grid.to_block(predict_probs(net, coarse)))
+    out = masks_from_block_labels(labels_b, grid, hu, region, outputs)
     if region == "chest":
+        enclosed = None
         for name in ("lung_mask", "trachea_mask"):
             if name in out and out[name].any():
-                out[name] = _enclosed_air(out[name], hu)
+                if enclosed is None:
+                    enclosed = _enclosed_blocks(block)
+                out[name] = _keep_enclosed(out[name], enclosed, grid)
     return out
 
 
-def _enclosed_air(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
-    """``mask`` restricted to air enclosed by the patient: inside the slice-wise hole-filled HU > -500 region, on
-    the mask's bounding box. The network's lung region is an HU band around coarse 4 mm labels; on real scans it
-    also reaches air outside the skin (the shared abdomen CT: 2/3 of the 'lung' voxels were room air; lungs Dice
-    0.18 -> see benchmarks/bench_segmentation.py)."""
-    zs = _bbox(mask)[0]
-    bb = (zs, slice(None), slice(None))  # whole slices: the body outline must be inside the crop to enclose the air
-    sub = np.asarray(hu[bb]) > -500.0
-    for k in range(sub.shape[0]):
-        sub[k] = ndi.binary_fill_holes(sub[k])
-    out = np.array(mask, copy=True)
-    out[bb] &= sub
+def _enclosed_blocks(block: np.ndarray) -> np.ndarray:
+    """Blocks enclosed by the patient: per axial slice of the block grid, the hole-filled region of block means
+    > -500 HU. The network's lung region is an HU band around coarse 4 mm labels; on real scans it also reached air
+    outside the skin (the shared abdomen CT: 2/3 of the 'lung' voxels were room air; lungs Dice 0.18 -> see
+    benchmarks/bench_segmentation.py). Judged on the block grid (a 16x smaller slice; the test at full resolution
+    took 2.4 s of a 512 x 512 x 300 chest): a block straddling the skin counts as outside when it is mostly air,
+    and lungs lie several blocks inside the skin."""
+    out = block > -500.0
+    for k in range(out.shape[0]):
+        out[k] = ndi.binary_fill_holes(out[k])
     return out
+
+
+def _keep_enclosed(mask: np.ndarray, enclosed_b: np.ndarray, grid: CoarseGrid) -> np.ndarray:
+    """``mask`` restricted to the voxels whose block is enclosed by the patient (:func:`_enclosed_blocks`)."""
+    sl, sub = grid.expand(enclosed_b, grid_bbox(mask, grid))
+    out = np.zeros_like(mask)
+    out[sl] = mask[sl] & sub
+    return out
+
+
+def grid_bbox(mask: np.ndarray, grid: CoarseGrid) -> tuple[slice, ...]:
+    """Bounding box of a full-resolution mask, in block-grid slices."""
+    return tuple(slice(s.start // k, -(-s.stop // k)) for s, k in zip(_bbox(mask), grid.f))
 
 
 def decide_region(hu: np.ndarray, spacing, fov: np.ndarray | None = None):
@@ -422,8 +575,16 @@ def decide_region(hu: np.ndarray, spacing, fov: np.ndarray | None = None):
 
 
 def _argmax_channels(p) -> np.ndarray:
-    """uint8 arg-max over the first axis of a [C, ...] tensor as a running maximum (a strided ``argmax(dim=0)``
-    is ~10x slower on CPU). Ties go to the lower class, as with argmax."""
+    """uint8 arg-max over the first axis of a [C, ...] array or tensor as a running maximum (a strided
+    ``argmax(dim=0)`` is ~10x slower on CPU). Ties go to the lower class, as with argmax."""
+    if isinstance(p, np.ndarray):
+        best = p[0].copy()
+        lab = np.zeros(p.shape[1:], dtype=np.uint8)
+        for c in range(1, p.shape[0]):
+            better = p[c] > best
+            np.copyto(best, p[c], where=better)
+            lab[better] = c
+        return lab
     import torch
 
     best = p[0].clone()
@@ -440,13 +601,17 @@ def _bbox(mask: np.ndarray):
     return tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
 
 
-def masks_from_block_labels(labels_b: np.ndarray, grid: CoarseGrid, hu: np.ndarray, region: str) -> dict[str, np.ndarray]:
-    """Block-grid class labels -> full-resolution masks, with the HU refinement of :data:`REFINE`."""
+def masks_from_block_labels(labels_b: np.ndarray, grid: CoarseGrid, hu: np.ndarray, region: str,
+                            outputs=None) -> dict[str, np.ndarray]:
+    """Block-grid class labels -> full-resolution masks (all of :data:`OUTPUT_MASKS`, or the names in ``outputs``:
+    each full-size mask costs one byte per voxel), with the HU refinement of :data:`REFINE`."""
     names = REGION_CLASSES[region]
     empty = np.broadcast_to(np.False_, grid.full_shape)
     out: dict[str, np.ndarray] = {}
     ball = ndi.generate_binary_structure(3, 1)
     for mname, classes in OUTPUT_MASKS[region].items():
+        if outputs is not None and mname not in outputs:
+            continue
         m = np.isin(labels_b, [names.index(c) for c in classes])
         if not m.any():
             out[mname] = empty

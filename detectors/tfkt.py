@@ -201,7 +201,7 @@ def build_model(config: dict | None = None):
             else:  # another input size: interpolate the grid (ViT practice)
                 pos = nn.functional.interpolate(self.pos, size=(h, w), mode="bilinear", align_corners=False)
             tokens = (f + pos).flatten(2).transpose(1, 2)
-            tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1)
+            tokens = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # shape[0]: traced (ONNX batch)
             return self.norm(self.encoder(tokens)[:, 0])
 
         def forward(self, v, offset=(0, 0)):
@@ -250,14 +250,42 @@ def load_weights(path: Path):
 
 
 # ---------------------------------------------------------------------------------------------- inference
+def default_model():
+    """The ONNX export when it verifies (no torch import), else the torch network, else None."""
+    from detectors import runtime
+
+    return runtime.default_model(WEIGHTS_NAME, shipped_model)
+
+
+def export_module(model):
+    """The network as ONNX exports it: slices [B, 1, 512, 512] -> scores [B]."""
+    import torch
+
+    class Export(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, v):
+            return self.m(v)
+
+    return Export().eval()
+
+
 def score_slices(model, v: np.ndarray, batch: int = 4) -> np.ndarray:
     """Scores (0-4) of LDCTIQA-normalised slices v [N, 512, 512] (deterministic: eval mode, no augmentation)."""
-    import torch
+    from detectors.runtime import OnnxNet
 
     v = np.asarray(v, dtype=np.float32)
     if v.ndim == 2:
         v = v[None]
     out = []
+    if isinstance(model, OnnxNet):
+        for i in range(0, len(v), batch):
+            out.append(model(v[i : i + batch][:, None])[0])
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+    import torch
+
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(v), batch):
@@ -296,7 +324,7 @@ def predict_volume(hu, spacing=None, model=None, n_slices: int = N_SLICES) -> di
     ``n_slices`` body slices, plus the per-slice scores and their indices. Scores are None when the shipped
     weights are missing or no body is found. ``spacing`` is not used (LDCTIQA slices carry none)."""
     keys = {"tfkt_quality_score": None, "slice_scores": [], "slice_indices": []}
-    model = model if model is not None else shipped_model()
+    model = model if model is not None else default_model()
     if model is None:
         return keys
     hu = np.asarray(hu)

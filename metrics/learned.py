@@ -1,5 +1,6 @@
 """IQMs that report the outputs of the shipped classifiers (:mod:`detectors.classifiers`) and learned networks
-(:mod:`detectors.chest_iqa`, :mod:`detectors.tfkt`; the networks run only with ``qc assess --networks``).
+(:mod:`detectors.chest_iqa`, :mod:`detectors.tfkt`, :mod:`detectors.noise2quality`, :mod:`detectors.yolo_detect`;
+the networks run by default through ONNX Runtime, and not with ``qc assess --no-networks``).
 
 The models run in the pipeline (detectors: weights, I/O); these functions only pick their outputs from the
 ``classifier_outputs`` input, so that they are documented, registered and scored like every other IQM.
@@ -119,8 +120,8 @@ def chest_iqa_brisque(classifier_outputs):
 )
 def tfkt_quality_score(classifier_outputs):
     """Perceptual image quality on the LDCTIQA radiologists' 0-4 scale (0 bad ... 4 excellent) predicted by the
-    TFKT network: the mean slice score over 12 evenly spaced body slices. Measured only with ``qc assess --networks``
-    (the network needs torch); None otherwise or when the weights are missing."""
+    TFKT network: the mean slice score over 12 evenly spaced body slices. Not measured with
+    ``qc assess --no-networks`` or when the weights are missing."""
     return classifier_outputs.get("tfkt_quality_score")
 
 
@@ -141,7 +142,7 @@ _N2Q = ("Noise2Quality U-Net at CPU size (detectors/noise2quality.py): 3 central
 def n2q_mean_ssim(classifier_outputs):
     """Mean SSIM, inside the body, between this scan and its routine full-dose equivalent as predicted by the
     Noise2Quality network without any reference (1 = indistinguishable from the full dose in the soft-tissue
-    window). Measured only with ``qc assess --networks``; None otherwise or when the weights are missing."""
+    window). Not measured with ``qc assess --no-networks`` or when the weights are missing."""
     return classifier_outputs.get("n2q_mean_ssim")
 
 
@@ -153,5 +154,96 @@ def n2q_mean_ssim(classifier_outputs):
 )
 def n2q_dose_level_pct(classifier_outputs):
     """Expected dose level (percent of a routine, automatic-exposure-controlled full dose) predicted by the
-    Noise2Quality network's auxiliary dose head. Measured only with ``qc assess --networks``."""
+    Noise2Quality network's auxiliary dose head. Not measured with ``qc assess --no-networks``."""
     return classifier_outputs.get("n2q_dose_level_pct")
+
+
+# ------------------------------------------------------------------------------ YOLO landmarks and artifacts (issue 6)
+_YOLO_LM = ("YOLO (yolo11n architecture, width 0.125, trained on simulated scans: detectors/yolo_detect.py) on the "
+            "region's projection image (head sagittal at 1 mm/px, chest coronal at 2 mm/px: DRR, MIP and mean HU "
+            "channels); a landmark's z = its most confident box's centre row; not measured when its confidence < "
+            "0.25 (the landmark is probably outside the scan)")
+_YOLO_ART = ("max over <= 24 evenly spaced axial slices (plus every slice with metal > 2500 HU) of the YOLO box "
+             "confidence of the class (yolo11n architecture, width 0.125, trained on the simulator's projection-model "
+             "artifacts: detectors/yolo_detect.py); input channels: window -500..700 HU, the polar ring residual, "
+             "air window")
+
+
+@register_iqm(
+    unit="mm", direction="closer_to_target", regions=("head",),
+    formula="z(top of the scan) - z(vertex), patient z (superior +); " + _YOLO_LM,
+    reference="ACR CT accreditation head protocol: scan from the skull base to the vertex; AAPM routine head CT "
+              "protocols (coverage); over-range adds dose (ICRP 102)",
+)
+def yolo_vertex_margin_mm(classifier_outputs):
+    """How far the scan reaches above the detected vertex (skull top): ~0-10 mm is complete coverage without
+    over-scanning, negative means the vertex is cut off, tens of mm are dose spent on air."""
+    return classifier_outputs.get("yolo_vertex_margin_mm")
+
+
+@register_iqm(
+    unit="mm", direction="closer_to_target", regions=("head",),
+    formula="z(foramen magnum) - z(bottom of the scan); " + _YOLO_LM,
+    reference="ACR CT accreditation head protocol (skull base to vertex); AAPM routine head CT protocols",
+)
+def yolo_skull_base_margin_mm(classifier_outputs):
+    """How far the scan reaches below the detected foramen magnum (skull base): a routine head needs the whole
+    posterior fossa (>= 0 mm); much more is neck dose."""
+    return classifier_outputs.get("yolo_skull_base_margin_mm")
+
+
+@register_iqm(
+    unit="mm", direction="closer_to_target", regions=("chest",),
+    formula="z(top of the scan) - z(lung apex; the mean of both apices' boxes when both are found); " + _YOLO_LM,
+    reference="ACR-STR practice parameter for chest CT (lung apices to the costophrenic recesses); "
+              "over-range adds thyroid dose (ICRP 102)",
+)
+def yolo_lung_apex_margin_mm(classifier_outputs):
+    """How far the scan reaches above the detected lung apices: >= 0 mm is needed to see the apices whole; tens
+    of mm irradiate the thyroid for nothing."""
+    return classifier_outputs.get("yolo_lung_apex_margin_mm")
+
+
+@register_iqm(
+    unit="mm", direction="closer_to_target", regions=("chest",),
+    formula="z(costophrenic angles; mean of both sides' boxes) - z(bottom of the scan); " + _YOLO_LM,
+    reference="ACR-STR practice parameter for chest CT (lung apices to the costophrenic recesses)",
+)
+def yolo_costophrenic_margin_mm(classifier_outputs):
+    """How far the scan reaches below the detected costophrenic angles (the lowest lung recesses): >= 0 mm is
+    needed to cover the lung bases; much more is abdominal dose."""
+    return classifier_outputs.get("yolo_costophrenic_margin_mm")
+
+
+@register_iqm(
+    unit="probability", direction="lower_is_better", regions=("head", "chest"),
+    formula="metal-streak class; " + _YOLO_ART,
+    reference="Barrett & Keat, Artifacts in CT: recognition and avoidance (RadioGraphics 2004)",
+)
+def yolo_metal_streak_score(classifier_outputs):
+    """Detector confidence that metal streak artifacts are present on some slice (0..1). Complements the explicit
+    streak_index_hu; see the weights manifest for its held-out AUC per region."""
+    return classifier_outputs.get("yolo_metal_streak_score")
+
+
+@register_iqm(
+    unit="probability", direction="lower_is_better", regions=("head", "chest"),
+    formula="motion class; " + _YOLO_ART,
+    reference="Barrett & Keat, Artifacts in CT: recognition and avoidance (RadioGraphics 2004)",
+)
+def yolo_motion_score(classifier_outputs):
+    """Detector confidence that patient-motion artifacts (doubled edges, streaks from inconsistent views) are
+    present on some slice (0..1). Complements the explicit motion_index_hu."""
+    return classifier_outputs.get("yolo_motion_score")
+
+
+@register_iqm(
+    unit="probability", direction="lower_is_better", regions=("head", "chest"),
+    formula="ring class; " + _YOLO_ART,
+    reference="Barrett & Keat, Artifacts in CT: recognition and avoidance (RadioGraphics 2004)",
+)
+def yolo_ring_score(classifier_outputs):
+    """Detector confidence that ring artifacts (a miscalibrated detector channel) are present on some slice
+    (0..1). Its input includes the polar residual the explicit ring_index_hu measures, so the two are not
+    independent."""
+    return classifier_outputs.get("yolo_ring_score")

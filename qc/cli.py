@@ -78,13 +78,15 @@ def assess(
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID to assess in a DICOM folder."),
     model: Optional[Path] = typer.Option(None, "--model", help="Fitted model JSON from `qc fit` (default: rubric)."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report (views, masks, explain tree)."),
-    segmenter: str = typer.Option("classical", "--segmenter", help="classical (HU + morphology), monai (shipped network), "
+    segmenter: str = typer.Option("auto", "--segmenter", help="auto (default: monai when its ONNX export verifies, else "
+                                  "classical), classical (HU + morphology), monai (shipped network), "
                                   "nnunet:MODEL_DIR (your trained nnU-Net v2 model folder; weights loaded as data, "
                                   "plans must name dynamic_network_architectures) or totalsegmentator (its weights, "
                                   "only if already on disk; never downloaded). See README 'Segmentation backends'."),
-    networks: bool = typer.Option(False, "--networks/--no-networks",
-                                  help="Also run the shipped learned networks (chest: Chest CT-IQA 3-D VGG); imports torch "
-                                       "(~0.5 GiB, seconds). Off: their IQMs are not measured."),
+    networks: bool = typer.Option(True, "--networks/--no-networks",
+                                  help="Run the shipped learned networks and detectors (Chest CT-IQA, TFKT, Noise2Quality, "
+                                       "YOLO landmarks and artifacts) through ONNX Runtime (no torch import). "
+                                       "--no-networks: their IQMs are not measured."),
 ):
     """Assess one CT scan and print its scores."""
     import json

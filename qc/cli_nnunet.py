@@ -1,7 +1,9 @@
-"""`qc export-nnunet`: write simulated, labelled scans as an nnU-Net v2 raw dataset (detectors/nnunet_backend.py).
+"""Export commands. `qc export-nnunet`: write simulated, labelled scans as an nnU-Net v2 raw dataset
+(detectors/nnunet_backend.py). `qc export-onnx`: the shipped torch networks as the ONNX files assessment runs
+(detectors/export_onnx.py).
 
-Thin: parse the options, call :func:`detectors.nnunet_backend.export_dataset`, print where it went and how to
-train on it. Heavy imports happen inside the command so that `qc --help` stays instant.
+Thin: parse the options, call the detectors function, print where it went. Heavy imports happen inside the
+commands so that `qc --help` stays instant.
 """
 
 from __future__ import annotations
@@ -44,5 +46,18 @@ def export_nnunet(
                "nnUNetTrainer__nnUNetPlans__3d_fullres")
 
 
+@input_errors_exit_2
+def export_onnx(
+    names: Optional[list[str]] = typer.Argument(None, help="Networks to export (default: all shipped ones: seg_head, "
+                                                "seg_chest, yolo_head, yolo_chest, yolo_artifacts, chest_iqa, "
+                                                "noise2quality, tfkt)."),
+):
+    """Export the shipped torch networks to ONNX (run after `qc train ...`): checked against torch, sha256-listed."""
+    from detectors import export_onnx as ex
+
+    ex.export_all(tuple(names) if names else ex.NAMES, log=typer.echo)
+
+
 def register(app: typer.Typer) -> None:
     app.command("export-nnunet")(export_nnunet)
+    app.command("export-onnx")(export_onnx)

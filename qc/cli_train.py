@@ -176,30 +176,30 @@ def train_n2q(
 
 @train_app.command("det")
 def train_det(
-    region: str = typer.Option(..., "--region", help="head or chest."),
-    n_landmark: int = typer.Option(160, "--n-landmark", min=1, help="Simulated volumes (projection images)."),
-    n_artifact: int = typer.Option(150, "--n-artifact", min=0, help="Simulated axial artifact slices."),
-    epochs: int = typer.Option(18, "--epochs", min=1, help="Passes over the training images."),
-    batch: int = typer.Option(16, "--batch", min=2, help="Images per optimizer step."),
+    region: str = typer.Option(..., "--region",
+                               help="head or chest (landmarks), or artifacts (axial slices of both regions)."),
+    n_train: Optional[int] = typer.Option(None, "--n-train", min=1, help="Simulated volumes (landmarks, default "
+                                          "160) or slices per region (artifacts, default 120)."),
+    epochs: int = typer.Option(20, "--epochs", min=1, help="Passes over the training images."),
+    batch: int = typer.Option(8, "--batch", min=2, help="Images per optimizer step."),
     seed: int = typer.Option(0, "--seed", help="Training seed (simulated seeds shift by 1000 per seed)."),
-    n_heldout: int = typer.Option(30, "--n-heldout", min=0, help="Held-out volumes for the landmark MAE."),
-    n_art_heldout: int = typer.Option(10, "--n-art-heldout", min=0, help="Held-out scans per artifact kind."),
+    n_heldout: Optional[int] = typer.Option(None, "--n-heldout", min=0, help="Held-out volumes (landmarks, default "
+                                            "30) or scans per kind and region (artifacts, default 10)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes simulating the data."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Folder caching the simulated images (.npz)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="ultralytics time limit (minutes)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Weights folder (default: the shipped detectors/weights)."),
 ):
-    """YOLO (ultralytics yolo11n) landmark + artifact detector for one region (detectors/yolo_detect.py)."""
+    """YOLO (ultralytics yolo11n, offline) landmark or artifact detector (detectors/yolo_detect.py)."""
     from detectors import yolo_detect
     from qc.errors import QCInputError
 
-    if region not in yolo_detect.LANDMARKS:
-        raise typer.BadParameter("--region must be head or chest")
+    if region not in yolo_detect.MODELS:
+        raise typer.BadParameter("--region must be head, chest or artifacts")
     try:
-        entry = yolo_detect.train_and_save(region, n_landmark=n_landmark, n_artifact=n_artifact, epochs=epochs,
-                                           batch=batch, seed=seed, n_heldout=n_heldout, n_art_heldout=n_art_heldout,
-                                           max_minutes=max_minutes, out_dir=out, cache=cache, workers=workers,
-                                           log=typer.echo)
+        entry = yolo_detect.train_and_save(region, n_train=n_train, epochs=epochs, batch=batch, seed=seed,
+                                           n_heldout=n_heldout, max_minutes=max_minutes, out_dir=out, cache=cache,
+                                           workers=workers, log=typer.echo)
     except QCInputError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

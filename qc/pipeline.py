@@ -41,13 +41,14 @@ def isocenter_index(scan: Scan) -> tuple[float, float]:
     return float(idx[0]), float(idx[1])
 
 
-SEGMENTERS = ("classical", "monai", "nnunet:MODEL_DIR", "totalsegmentator")
+SEGMENTERS = ("auto", "classical", "monai", "nnunet:MODEL_DIR", "totalsegmentator")
 
 
 def parse_segmenter(segmenter: str) -> tuple[str, str | None]:
-    """('classical' | 'monai' | 'nnunet' | 'totalsegmentator', model folder or None); QCInputError otherwise."""
+    """('auto' | 'classical' | 'monai' | 'nnunet' | 'totalsegmentator', model folder or None); QCInputError
+    otherwise."""
     segmenter = str(segmenter)
-    if segmenter in ("classical", "monai", "totalsegmentator"):
+    if segmenter in ("auto", "classical", "monai", "totalsegmentator"):
         return segmenter, None
     if segmenter.startswith("nnunet:") and segmenter[len("nnunet:"):].strip():
         return "nnunet", segmenter[len("nnunet:"):]
@@ -68,17 +69,38 @@ def _with_classical_fallback(scan: Scan, masks: dict[str, np.ndarray]) -> dict[s
     return {**{m: cl[m] for m in needed}, **masks}
 
 
-def compute_masks(scan: Scan, segmenter: str = "classical", region: str = "auto") -> dict[str, np.ndarray]:
+#: 'auto' uses the network only on scans at least this long (z): it was trained on 96-128 mm patches, and on a
+#: few slices its context is mostly zero padding (a single head slice lost its cranial cavity).
+MIN_NETWORK_Z_MM = 40.0
+
+
+def resolve_segmenter(segmenter: str, scan: Scan | None = None) -> str:
+    """'auto' -> 'monai' when the shipped head and chest networks' ONNX exports verify and onnxruntime is installed
+    (assessment then never imports torch) and the scan covers at least :data:`MIN_NETWORK_Z_MM`, else 'classical'.
+    Any other value is returned as given."""
+    if parse_segmenter(segmenter)[0] != "auto":
+        return segmenter
+    if scan is not None and scan.shape[0] * float(scan.spacing[0]) < MIN_NETWORK_Z_MM:
+        return "classical"
+    from detectors import runtime, segmentation
+
+    ok = all(runtime.shipped_onnx(segmentation.model_name(r)) is not None for r in ("head", "chest"))
+    return "monai" if ok else "classical"
+
+
+def compute_masks(scan: Scan, segmenter: str = "classical", region: str = "auto",
+                  outputs=None) -> dict[str, np.ndarray]:
     """Anatomy masks. ``classical`` (default): HU thresholds + morphology (detectors/classical.py).
     ``monai``: the shipped network of the region (detectors/segmentation.py); with region 'auto' the region is
     first decided on classical masks of a 3 mm coarse grid, and a scan that is neither head nor chest gets the
     classical masks. ``nnunet:MODEL_DIR``: a user's trained nnU-Net v2 model folder, labels mapped by name
     (detectors/nnunet_backend.py). ``totalsegmentator``: TotalSegmentator's models when already on disk
     (detectors/totalseg_backend.py; never downloaded). For the last two, body / lung / brain masks the model does
-    not provide are the classical ones."""
+    not provide are the classical ones. ``outputs``: the network masks to build (default all; body, lungs and
+    brain are always built)."""
     from detectors import classical
 
-    kind, model_dir = parse_segmenter(segmenter)
+    kind, model_dir = parse_segmenter(resolve_segmenter(segmenter, scan))
     if kind == "classical":
         return classical.segment(scan.hu, scan.spacing, scan.fov)
     if kind == "nnunet":
@@ -95,7 +117,18 @@ def compute_masks(scan: Scan, segmenter: str = "classical", region: str = "auto"
         region = segmentation.decide_region(scan.hu, scan.spacing, scan.fov).region
         if region not in ("head", "chest"):
             return classical.segment(scan.hu, scan.spacing, scan.fov)
-    return segmentation.segment(scan.hu, scan.spacing, region, scan.fov)
+    return segmentation.segment(scan.hu, scan.spacing, region, scan.fov, outputs=outputs)
+
+
+def mask_inputs() -> set[str]:
+    """The masks some registered IQM reads (``*_mask`` inputs), plus body, lungs and brain: what assessment keeps.
+    A network's other masks (skull, lens, aorta, ...) would each cost a full-size bool volume for nothing."""
+    from metrics.registry import get_registry
+
+    names = {"body_mask", "lung_mask", "intracranial_mask"}
+    for spec in get_registry().values():
+        names.update(i for i in spec.inputs if i.endswith("_mask"))
+    return names
 
 
 def classifier_outputs(scan: Scan, available: dict, values: dict) -> tuple[dict, str]:
@@ -119,15 +152,68 @@ NETWORKS = (
     ("tfkt", ("head", "chest"), {"tfkt_quality_score": "tfkt_quality_score"}),
     ("noise2quality", ("head", "chest"), {"n2q_mean_ssim": "mean_ssim", "n2q_dose_level_pct": "dose_level_pct"}),
 )
+#: Landmark margins reported as IQMs: region -> {IQM key: (landmark, 'top' | 'bottom')}. 'top': z(scan top) -
+#: z(landmark); 'bottom': z(landmark) - z(scan bottom) (patient z, superior +; the scan's edges are its first and
+#: last slice centres +- half the slice spacing).
+LANDMARK_MARGINS = {
+    "head": {"yolo_vertex_margin_mm": ("vertex", "top"), "yolo_skull_base_margin_mm": ("foramen_magnum", "bottom")},
+    "chest": {"yolo_lung_apex_margin_mm": ("lung_apex", "top"),
+              "yolo_costophrenic_margin_mm": ("costophrenic_angle", "bottom")},
+}
+#: A landmark box less confident than this is taken as "not in the scan" (its margin is not measured).
+LANDMARK_MIN_CONFIDENCE = 0.25
+
+
+def _model_version(name: str, model) -> str:
+    from detectors import runtime, weights
+
+    return runtime.version(name) if isinstance(model, runtime.OnnxNet) else weights.version_label(name)
+
+
+def detector_outputs(scan: Scan, region: str) -> tuple[dict, dict[str, str]]:
+    """YOLO landmark margins (:data:`LANDMARK_MARGINS`) and artifact scores of the scan, and the versions of the
+    detectors that ran (detectors/yolo_detect.py)."""
+    from detectors import yolo_detect as yd
+
+    out: dict = {}
+    versions: dict[str, str] = {}
+    net = yd.default_model(region)
+    name = yd.WEIGHTS_NAME.format(model=region)
+    if net is None:
+        versions[name] = "not available (weights missing or not verified)"
+    elif scan.shape[0] < 2:  # a projection image needs a volume
+        out.update(dict.fromkeys(LANDMARK_MARGINS[region]))
+        versions[name] = f"{_model_version(name, net)}; not run on a single slice"
+    else:
+        found = yd.detect_landmarks_scan(scan, region, net=net)
+        z = scan.z_positions_mm()
+        half = 0.5 * float(scan.spacing[0])  # the scan covers its first/last slice centre +- half a slice
+        top, bottom = float(np.max(z)) + half, float(np.min(z)) - half
+        for key, (landmark, edge) in LANDMARK_MARGINS[region].items():
+            lm = found.get(landmark) or {}
+            if lm.get("z_mm") is None or (lm.get("confidence") or 0.0) < LANDMARK_MIN_CONFIDENCE:
+                out[key] = None
+            else:
+                out[key] = top - lm["z_mm"] if edge == "top" else lm["z_mm"] - bottom
+        out["yolo_landmarks"] = found
+        versions[name] = _model_version(name, net)
+    net = yd.default_model("artifacts")
+    name = yd.WEIGHTS_NAME.format(model="artifacts")
+    if net is None:
+        versions[name] = "not available (weights missing or not verified)"
+    else:
+        art = yd.detect_artifacts(scan.hu, net=net)
+        out.update({f"yolo_{'metal_streak' if a == 'metal' else a}_score": v["score"] for a, v in art.items()})
+        versions[name] = _model_version(name, net)
+    return out, versions
 
 
 def network_outputs(scan: Scan, region: str) -> tuple[dict, dict[str, str]]:
-    """Outputs of the shipped learned networks for the region (torch is imported here, not before), merged into
-    ``classifier_outputs`` under ``<network>_<output>`` keys, and {network: 'version sha256:<12 hex>'} for the
-    JSON. A network whose weights are missing or fail verification is skipped and reported as such."""
+    """Outputs of the shipped learned networks for the region, merged into ``classifier_outputs`` under
+    ``<network>_<output>`` keys, and {network: version} for the JSON. Each runs from its ONNX export through ONNX
+    Runtime when that verifies (no torch import), else as a torch module. A network whose weights are missing or
+    fail verification is skipped and reported as such. Then the YOLO detectors (:func:`detector_outputs`)."""
     import importlib
-
-    from detectors import weights
 
     out: dict = {}
     versions: dict[str, str] = {}
@@ -135,14 +221,45 @@ def network_outputs(scan: Scan, region: str) -> tuple[dict, dict[str, str]]:
         if region not in regions:
             continue
         net = importlib.import_module(f"detectors.{module}")
-        model = net.shipped_model()
+        model = net.default_model()
         if model is None:
             versions[net.WEIGHTS_NAME] = "not available (weights missing or not verified)"
             continue
         pred = net.predict_volume(scan.hu, scan.spacing, model)
         out.update({iqm_key: pred[key] for iqm_key, key in keys.items()})
-        versions[net.WEIGHTS_NAME] = weights.version_label(net.WEIGHTS_NAME)
+        versions[net.WEIGHTS_NAME] = _model_version(net.WEIGHTS_NAME, model)
+    det, det_versions = detector_outputs(scan, region)
+    out.update(det)
+    versions.update(det_versions)
     return out, versions
+
+
+class _Background:
+    """``fn(scan, region, ...)`` started in a daemon thread; :meth:`result` waits for it and re-raises its error."""
+
+    def __init__(self, fn, scan, region, *args):
+        import threading
+
+        self.region = region
+        self.seconds = 0.0
+        self._out = self._exc = None
+
+        def run():
+            t = time.perf_counter()
+            try:
+                self._out = fn(scan, region, *args)
+            except BaseException as exc:  # handed to the caller by result()
+                self._exc = exc
+            self.seconds = time.perf_counter() - t
+
+        self._thread = threading.Thread(target=run, name=f"qc-{getattr(fn, '__name__', 'worker')}", daemon=True)
+        self._thread.start()
+
+    def result(self):
+        self._thread.join()
+        if self._exc is not None:
+            raise self._exc
+        return self._out
 
 
 def region_version(decision) -> str:
@@ -155,8 +272,10 @@ def region_version(decision) -> str:
 
 
 def segmenter_version(segmenter: str, region: str) -> str:
-    """What produced the masks, for the JSON: 'classical-1' or '<model version> sha256:<12 hex>' (manifest; for
-    nnU-Net the model folder and checkpoint sha256, see detectors.nnunet_backend.model_version)."""
+    """What produced the masks, for the JSON: 'classical-1' or 'monai <model version> sha256:<12 hex>' (+ the ONNX
+    export's sha256 when ONNX Runtime ran it; for nnU-Net the model folder and checkpoint sha256, see
+    detectors.nnunet_backend.model_version)."""
+    segmenter = resolve_segmenter(segmenter)
     kind, model_dir = parse_segmenter(segmenter)
     if kind == "nnunet":
         from detectors import nnunet_backend
@@ -168,21 +287,23 @@ def segmenter_version(segmenter: str, region: str) -> str:
         return totalseg_backend.version()
     if segmenter != "monai" or region not in ("head", "chest"):
         return "classical-1"
-    from detectors import segmentation, weights
+    from detectors import segmentation
 
-    return f"monai {weights.version_label(segmentation.model_name(region))}"
+    name = segmentation.model_name(region)
+    return f"monai {_model_version(name, segmentation.default_model(region))}"
 
 
 def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | None = None,
-           model=None, segmenter: str = "classical", networks: bool = False) -> Assessment:
+           model=None, segmenter: str = "auto", networks: bool = True) -> Assessment:
     """Assess one CT scan (path to file/DICOM folder, or a loaded :class:`~qc.io.Scan`).
 
     region: 'auto' (heuristic), 'head' or 'chest'. config: path to a hierarchy YAML (default: the
     shipped one for the region). model: path to a fitted model JSON (``qc fit``); default: the config's
-    rubric. segmenter: 'classical' (default), 'monai', 'nnunet:MODEL_DIR' or 'totalsegmentator' (see :func:`compute_masks`). networks: also run the shipped
-    learned networks (:func:`network_outputs`). Off by default: importing torch alone costs ~0.5 GiB resident
-    memory and 3-9 s here (more than the whole assessment of a 512 x 512 x 300 chest needs, see
-    benchmarks/bench_memory.py); off, their IQMs are reported as not measured.
+    rubric. segmenter: 'auto' (default: the shipped MONAI network through ONNX Runtime when its export verifies, else
+    'classical'), 'classical', 'monai', 'nnunet:MODEL_DIR' or 'totalsegmentator' (see :func:`compute_masks`).
+    networks: run the shipped learned networks and detectors (:func:`network_outputs`; default on). They run from
+    ONNX exports through ONNX Runtime: torch is not imported (it alone costs ~0.5 GiB resident memory and 3-9 s
+    here). Off, their IQMs are reported as not measured.
     Raises :class:`~qc.errors.QCInputError` for bad input.
     """
     from detectors.region import decide as decide_region
@@ -202,7 +323,20 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
     warnings = list(scan.warnings)
 
     t = time.perf_counter()
-    masks = compute_masks(scan, segmenter, region)
+    segmenter = resolve_segmenter(segmenter, scan)
+    seg_region = region
+    if segmenter == "monai" and region == "auto":  # what compute_masks would decide, decided once here
+        from detectors import segmentation
+
+        seg_region = segmentation.decide_region(scan.hu, scan.spacing, scan.fov).region
+    # The learned networks read only the image: they run in a second thread while the masks and the IQMs are
+    # computed (numpy, scipy and ONNX Runtime release the GIL; assessment has 2 cores; bench_detectors.py).
+    background = _Background(network_outputs, scan, seg_region) if networks and seg_region in ("head", "chest") else None
+    if segmenter == "monai" and seg_region not in ("head", "chest"):
+        masks = compute_masks(scan, "classical")
+    else:
+        masks = compute_masks(scan, segmenter, seg_region if seg_region in ("head", "chest") else region,
+                              outputs=mask_inputs())
     decision = decide_region(scan.hu, scan.spacing, masks["body_mask"], masks["lung_mask"], masks["intracranial_mask"])
     timings["segment"] = time.perf_counter() - t
     if region == "auto":
@@ -211,8 +345,14 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
                 f"region not supported: {decision.reason}; only head and chest CT are assessed "
                 "(force one with --region head|chest)", scan.source or None)
         region = decision.region
-    elif decision.region != region:
-        warnings.append(f"--region {region} given, but the heuristic says {decision.reason}")
+    else:
+        if segmenter == "monai":
+            # the forced region's own network cannot contradict it: ask the classical 3 mm heuristic instead
+            from detectors import segmentation
+
+            decision = segmentation.decide_region(scan.hu, scan.spacing, scan.fov)
+        if decision.region != region:
+            warnings.append(f"--region {region} given, but the heuristic says {decision.reason}")
 
     cfg = load_config(config if config is not None else region)
     if cfg.region != region:
@@ -249,7 +389,14 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
         available["classifier_outputs"], clf_version = (classifier_outputs(scan, available, values)
                                                          if region == "chest" else ({}, None))
         if networks:
-            net_out, net_versions = network_outputs(scan, region)
+            got = background.result() if background is not None and background.region == region else None
+            if got is None:
+                tn = time.perf_counter()
+                got = network_outputs(scan, region)
+                timings["networks"] = time.perf_counter() - tn
+            else:
+                timings["networks"] = background.seconds  # in the second thread, overlapping segment and metrics
+            net_out, net_versions = got
             available["classifier_outputs"] = {**available["classifier_outputs"], **net_out}
         for spec in second:
             v = spec.compute(available)

@@ -93,7 +93,9 @@ def test_scan_report_content_and_rendering(assessed, tmp_path):
     out = write_scan_report(path, res, tmp_path / "scan.html")
     html = out.read_text()
     _self_contained(html)
-    assert html.count("data:image/png;base64,") == 1
+    # the three orthogonal views, plus the Noise2Quality map when the networks ran (the default)
+    n2q_ran = str(res.versions.get("noise2quality", "")).startswith("noise2quality-")
+    assert html.count("data:image/png;base64,") == 1 + n2q_ran
     png, dom = _render(out, tmp_path)
     text = _text(dom)
     assert f"{res.overall:.2f} / 10" in text
