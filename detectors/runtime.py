@@ -47,6 +47,10 @@ class OnnxNet:
         so.intra_op_num_threads = max(1, min(2, int(os.environ.get("QC_ONNX_THREADS", "2"))))
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        # no memory arena: activations are freed after each run instead of staying reserved for the process's life
+        # (the 3-D UNet's arena held ~200 MiB after one 512 x 512 x 300 chest; bench_memory.py); cost measured in
+        # benchmarks/bench_detectors.py
+        so.enable_cpu_mem_arena = os.environ.get("QC_ONNX_ARENA", "0") == "1"
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]

@@ -385,7 +385,11 @@ def _device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _roi(shape, max_roi=(96, 160, 160)) -> tuple[int, ...]:
+#: Largest sliding window (coarse voxels z, y, x); a 512 x 512 x 300 chest at 4 mm is one window.
+MAX_ROI = (96, 160, 160)
+
+
+def _roi(shape, max_roi=MAX_ROI) -> tuple[int, ...]:
     """Sliding-window size: the coarse volume rounded up to multiples of 8 (the UNet's total stride), capped."""
     return tuple(min(m, 8 * math.ceil(s / 8)) for s, m in zip(shape, max_roi))
 
@@ -394,7 +398,7 @@ def _roi(shape, max_roi=(96, 160, 160)) -> tuple[int, ...]:
 Z_EXTEND = 6
 
 
-def predict_probs(net, coarse: np.ndarray, max_roi=(96, 160, 160)):
+def predict_probs(net, coarse: np.ndarray, max_roi=MAX_ROI):
     """Softmax class probabilities [C, z, y, x] on the target grid (sliding window, one window when it fits).
     ``net`` is the ONNX export (:class:`detectors.runtime.OnnxNet`: numpy in and out, :func:`sliding_window`) or a
     torch module (training and evaluation: ``monai.inferers.sliding_window_inference``, a CPU torch tensor out).
@@ -526,13 +530,13 @@ def segment(hu: np.ndarray, spacing, region: str, fov: np.ndarray | None = None,
         with torch.inference_mode():
             labels_b = _argmax_channels(grid.to_block(predict_probs(net, coarse)))
     out = masks_from_block_labels(labels_b, grid, hu, region, outputs)
+    enclosed = _enclosed_blocks(block)
     if region == "chest":
-        enclosed = None
         for name in ("lung_mask", "trachea_mask"):
             if name in out and out[name].any():
-                if enclosed is None:
-                    enclosed = _enclosed_blocks(block)
                 out[name] = _keep_enclosed(out[name], enclosed, grid)
+    if out["body_mask"].any():
+        out["body_mask"] = _fill_enclosed(out["body_mask"], enclosed, grid)
     return out
 
 
@@ -549,17 +553,32 @@ def _enclosed_blocks(block: np.ndarray) -> np.ndarray:
     return out
 
 
+def _fill_enclosed(body: np.ndarray, enclosed_b: np.ndarray, grid: CoarseGrid) -> np.ndarray:
+    """The body mask plus every block at least one block inside the patient's outline (:func:`_enclosed_blocks`
+    eroded in-plane by one block): gas inside the patient (bowel, lungs at the edge of the network's band, sinuses)
+    is body, as in the classical hole-filled mask. On the shared real abdomen CT, 3 % of the reference-labelled voxels
+    (colon gas, lung) were outside the network body without it (benchmarks/bench_segmentation.py)."""
+    inner = np.zeros_like(enclosed_b)
+    for k in range(enclosed_b.shape[0]):
+        inner[k] = ndi.binary_erosion(enclosed_b[k], iterations=1, border_value=0)
+    fz, fy, fx = grid.f
+    _nz, ny, nx = grid.full_shape
+    for zb in np.nonzero(inner.any(axis=(1, 2)))[0]:
+        plane = inner[zb].repeat(fy, axis=0).repeat(fx, axis=1)[:ny, :nx]
+        body[zb * fz : (zb + 1) * fz] |= plane
+    return body
+
+
 def _keep_enclosed(mask: np.ndarray, enclosed_b: np.ndarray, grid: CoarseGrid) -> np.ndarray:
-    """``mask`` restricted to the voxels whose block is enclosed by the patient (:func:`_enclosed_blocks`)."""
-    sl, sub = grid.expand(enclosed_b, grid_bbox(mask, grid))
-    out = np.zeros_like(mask)
-    out[sl] = mask[sl] & sub
-    return out
-
-
-def grid_bbox(mask: np.ndarray, grid: CoarseGrid) -> tuple[slice, ...]:
-    """Bounding box of a full-resolution mask, in block-grid slices."""
-    return tuple(slice(s.start // k, -(-s.stop // k)) for s, k in zip(_bbox(mask), grid.f))
+    """``mask`` (a freshly built, writeable mask: changed in place) restricted to the voxels whose block is enclosed
+    by the patient (:func:`_enclosed_blocks`), one block row of slices at a time (no full-size temporaries)."""
+    fz, fy, fx = grid.f
+    _nz, ny, nx = grid.full_shape
+    zs = _bbox(mask)[0]
+    for zb in range(zs.start // fz, -(-zs.stop // fz)):
+        plane = enclosed_b[zb].repeat(fy, axis=0).repeat(fx, axis=1)[:ny, :nx]
+        mask[zb * fz : (zb + 1) * fz] &= plane
+    return mask
 
 
 def decide_region(hu: np.ndarray, spacing, fov: np.ndarray | None = None):
@@ -634,24 +653,29 @@ def masks_from_block_labels(labels_b: np.ndarray, grid: CoarseGrid, hu: np.ndarr
         if not (band | core).any():
             out[mname] = empty
             continue
-        core_b = np.zeros_like(m)
-        core_b[bb] = core
-        band_b = np.zeros_like(m)
-        band_b[bb] = band
-        sl, core_up = grid.expand(core_b, bb)
-        _, band_up = grid.expand(band_b, bb)
-        h = hu[sl]
-        if rule.smooth_px > 0:
-            h = ndi.gaussian_filter(h.astype(np.float32), sigma=(0, rule.smooth_px, rule.smooth_px))
-        dst = full[sl]  # a view: the HU tests write straight into the output, no full-size temporaries
-        if rule.lo > -1e8:
-            np.greater(h, rule.lo, out=dst)
-            if rule.hi < 1e8:
-                dst &= h < rule.hi
-        else:
-            np.less(h, rule.hi, out=dst)
-        dst &= band_up
-        dst |= core_up
+        # full resolution, one block row of slices at a time: no full-size temporaries (bench_memory.py)
+        fz, fy, fx = grid.f
+        y0, x0 = bb[1].start * fy, bb[2].start * fx
+        y1, x1 = min(bb[1].stop * fy, grid.full_shape[1]), min(bb[2].stop * fx, grid.full_shape[2])
+        for i in range(core.shape[0]):
+            z0 = (bb[0].start + i) * fz
+            z1 = min(z0 + fz, grid.full_shape[0])
+            if not (band[i].any() or core[i].any()):
+                continue
+            core_up = core[i].repeat(fy, axis=0).repeat(fx, axis=1)[: y1 - y0, : x1 - x0]
+            band_up = band[i].repeat(fy, axis=0).repeat(fx, axis=1)[: y1 - y0, : x1 - x0]
+            h = hu[z0:z1, y0:y1, x0:x1]
+            if rule.smooth_px > 0:
+                h = ndi.gaussian_filter(h.astype(np.float32), sigma=(0, rule.smooth_px, rule.smooth_px))
+            dst = full[z0:z1, y0:y1, x0:x1]  # a view: the HU tests write straight into the output
+            if rule.lo > -1e8:
+                np.greater(h, rule.lo, out=dst)
+                if rule.hi < 1e8:
+                    dst &= h < rule.hi
+            else:
+                np.less(h, rule.hi, out=dst)
+            dst &= band_up
+            dst |= core_up
         out[mname] = full if full.any() else empty
     for required in ("body_mask", "lung_mask", "intracranial_mask"):
         out.setdefault(required, empty)

@@ -329,14 +329,15 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
         from detectors import segmentation
 
         seg_region = segmentation.decide_region(scan.hu, scan.spacing, scan.fov).region
-    # The learned networks read only the image: they run in a second thread while the masks and the IQMs are
-    # computed (numpy, scipy and ONNX Runtime release the GIL; assessment has 2 cores; bench_detectors.py).
-    background = _Background(network_outputs, scan, seg_region) if networks and seg_region in ("head", "chest") else None
     if segmenter == "monai" and seg_region not in ("head", "chest"):
         masks = compute_masks(scan, "classical")
     else:
         masks = compute_masks(scan, segmenter, seg_region if seg_region in ("head", "chest") else region,
                               outputs=mask_inputs())
+    # The learned networks read only the image: they run in a second thread while the IQMs are computed (numpy,
+    # scipy and ONNX Runtime release the GIL; assessment has 2 cores). Not alongside the segmentation network: the
+    # two transient peaks together broke the memory budget (4.03x int16; benchmarks/bench_memory.py).
+    background = _Background(network_outputs, scan, seg_region) if networks and seg_region in ("head", "chest") else None
     decision = decide_region(scan.hu, scan.spacing, masks["body_mask"], masks["lung_mask"], masks["intracranial_mask"])
     timings["segment"] = time.perf_counter() - t
     if region == "auto":

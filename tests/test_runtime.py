@@ -227,3 +227,26 @@ def test_landmark_margin_iqms_match_the_phantom(region):
             got = a.iqms[iqm].value
             assert got is not None, iqm
             assert abs(got - want) <= MARGIN_MM, (iqm, got, want)
+
+
+def test_assess_with_every_network_needs_no_network_access(monkeypatch):
+    """Every socket connection and DNS lookup fails: the default assessment (all networks) still completes."""
+    import socket
+
+    from phantoms import simulate
+    from qc.pipeline import assess
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args[:2])
+        raise OSError("network access attempted")
+
+    for obj, name in ((socket.socket, "connect"), (socket.socket, "connect_ex"), (socket, "getaddrinfo"),
+                      (socket, "create_connection")):
+        monkeypatch.setattr(obj, name, refuse)
+    a = assess(simulate("head", seed=33, matrix=128, slice_mm=2.5).scan)
+    assert not calls
+    assert a.versions["segmenter"].startswith("monai seg_head-")
+    for iqm in ("tfkt_quality_score", "n2q_mean_ssim", "yolo_vertex_margin_mm", "yolo_ring_score"):
+        assert a.iqms[iqm].value is not None, iqm
