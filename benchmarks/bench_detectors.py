@@ -72,7 +72,7 @@ def main() -> None:
     t = time.perf_counter()
     seg_net = segmentation.default_model("chest")
     lm_net, art_net = yd.default_model("chest"), yd.default_model("artifacts")
-    iqa, tf, n2q = chest_iqa.default_model(), tfkt.default_model(), noise2quality.default_model()
+    iqa, tf, n2q = (runtime.default_model(m.WEIGHTS_NAME, m.shipped_model) for m in (chest_iqa, tfkt, noise2quality))
     open_s = time.perf_counter() - t
     nets = [seg_net, lm_net, art_net, iqa, tf, n2q]
     if not all(isinstance(n, runtime.OnnxNet) for n in nets):

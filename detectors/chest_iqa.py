@@ -70,6 +70,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detectors import runtime
+
 CROP = (4, 96, 96)            # network input (z, y, x)
 STORE = (4, 128, 128)         # stored training crop: random in-plane shifts of +-16 px
 HU_CLIP = 1024.0
@@ -356,13 +358,6 @@ def _meta(model) -> dict:
     return model.meta if hasattr(model, "meta") and isinstance(model.meta, dict) else onnx_meta(model)
 
 
-def default_model():
-    """The ONNX export when it verifies (no torch import), else the torch network, else None."""
-    from detectors import runtime
-
-    return runtime.default_model(WEIGHTS_NAME, shipped_model)
-
-
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     e = np.exp(z - z.max(axis=1, keepdims=True))
@@ -395,7 +390,7 @@ def predict_volume(hu, spacing, model=None) -> dict:
     ``snr_pred`` and ``brisque_pred`` (the network's estimates of those IQMs). All None when the shipped
     weights are missing or no body is found."""
     keys = ("window_prob_lung", "dose_prob_low", "snr_pred", "brisque_pred")
-    model = model if model is not None else default_model()
+    model = model if model is not None else runtime.default_model(WEIGHTS_NAME, shipped_model)
     if model is None:
         return dict.fromkeys(keys)
     got = extract_input(hu, spacing, size=(int(_meta(model)["in_z"]),) + STORE[1:])

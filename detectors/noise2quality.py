@@ -107,6 +107,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detectors import runtime
+
 WEIGHTS_NAME = "noise2quality"
 WINDOW = (40.0, 400.0)                   # level, width (HU): the display window of the SSIM and of the input
 SIZE = 256                               # processing grid (the paper resizes 512 -> 256)
@@ -264,28 +266,6 @@ def shipped_model(manifest: Path | None = None):
     return weights.shipped_network(WEIGHTS_NAME, model_from_state, manifest)
 
 
-def default_model():
-    """The ONNX export when it verifies (no torch import), else the torch network, else None."""
-    from detectors import runtime
-
-    return runtime.default_model(WEIGHTS_NAME, shipped_model)
-
-
-def export_module(model):
-    """The network as ONNX exports it: (input channels, float body mask) -> (SSIM map, dose logits)."""
-    import torch
-
-    class Export(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = model
-
-        def forward(self, x, mask):
-            return self.m(x, mask)
-
-    return Export().eval()
-
-
 def _run(model, w: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Maps [B, H, W] and dose probabilities [B, 5] of windowed slices w [B, H, W] with body masks. A torch model
     runs on one torch thread (restored afterwards): the same summation order on every machine, and for this small
@@ -325,7 +305,7 @@ def predict_map(hu_slice, spacing=None, model=None) -> tuple[np.ndarray | None, 
         raise QCInputError(f"predict_map needs one 2-D axial slice of at least 16 x 16 pixels, got shape {hu_slice.shape}")
     if spacing is not None and (len(spacing) not in (2, 3) or not all(np.isfinite(s) and s > 0 for s in spacing)):
         raise QCInputError(f"spacing must be (dy, dx) or (dz, dy, dx) positive mm, got {spacing}")
-    model = model if model is not None else default_model()
+    model = model if model is not None else runtime.default_model(WEIGHTS_NAME, shipped_model)
     if model is None:
         return None, None
     w, body = prepare_slice(np.nan_to_num(hu_slice.astype(np.float32), nan=-1024.0))
@@ -352,7 +332,7 @@ def predict_volume(hu, spacing, model=None, n_slices: int = N_SLICES, return_map
     ``slice_index``. All None when the weights are missing or no body is found."""
     keys = ("mean_ssim", "dose_level_pct", "dose_probs")
     empty = dict.fromkeys(keys + (("map", "slice_index") if return_map else ()))
-    model = model if model is not None else default_model()
+    model = model if model is not None else runtime.default_model(WEIGHTS_NAME, shipped_model)
     hu = np.asarray(hu)
     if model is None or hu.ndim != 3 or hu.shape[0] == 0:
         return empty

@@ -72,6 +72,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detectors import runtime
+
 WEIGHTS_NAME = "tfkt"
 SIZE = 512                    # LDCTIQA slice size
 STRIDE = 32                   # CNN output stride -> 16 x 16 tokens
@@ -250,15 +252,9 @@ def load_weights(path: Path):
 
 
 # ---------------------------------------------------------------------------------------------- inference
-def default_model():
-    """The ONNX export when it verifies (no torch import), else the torch network, else None."""
-    from detectors import runtime
-
-    return runtime.default_model(WEIGHTS_NAME, shipped_model)
-
-
 def export_module(model):
-    """The network as ONNX exports it: slices [B, 1, 512, 512] -> scores [B]."""
+    """The network as ONNX exports it: slices [B, 1, 512, 512] -> scores [B] (the crop ``offset`` of pretraining
+    fixed at (0, 0): traced directly, the exporter made the two offsets graph inputs)."""
     import torch
 
     class Export(torch.nn.Module):
@@ -324,7 +320,7 @@ def predict_volume(hu, spacing=None, model=None, n_slices: int = N_SLICES) -> di
     ``n_slices`` body slices, plus the per-slice scores and their indices. Scores are None when the shipped
     weights are missing or no body is found. ``spacing`` is not used (LDCTIQA slices carry none)."""
     keys = {"tfkt_quality_score": None, "slice_scores": [], "slice_indices": []}
-    model = model if model is not None else default_model()
+    model = model if model is not None else runtime.default_model(WEIGHTS_NAME, shipped_model)
     if model is None:
         return keys
     hu = np.asarray(hu)

@@ -215,13 +215,15 @@ def network_outputs(scan: Scan, region: str) -> tuple[dict, dict[str, str]]:
     fail verification is skipped and reported as such. Then the YOLO detectors (:func:`detector_outputs`)."""
     import importlib
 
+    from detectors import runtime
+
     out: dict = {}
     versions: dict[str, str] = {}
     for module, regions, keys in NETWORKS:
         if region not in regions:
             continue
         net = importlib.import_module(f"detectors.{module}")
-        model = net.default_model()
+        model = runtime.default_model(net.WEIGHTS_NAME, net.shipped_model)
         if model is None:
             versions[net.WEIGHTS_NAME] = "not available (weights missing or not verified)"
             continue

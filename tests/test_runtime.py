@@ -231,20 +231,12 @@ def test_landmark_margin_iqms_match_the_phantom(region):
 
 def test_assess_with_every_network_needs_no_network_access(monkeypatch):
     """Every socket connection and DNS lookup fails: the default assessment (all networks) still completes."""
-    import socket
-
     from phantoms import simulate
     from qc.pipeline import assess
+    from tests.offline import refuse_network
 
-    calls = []
-
-    def refuse(*args, **kwargs):
-        calls.append(args[:2])
-        raise OSError("network access attempted")
-
-    for obj, name in ((socket.socket, "connect"), (socket.socket, "connect_ex"), (socket, "getaddrinfo"),
-                      (socket, "create_connection")):
-        monkeypatch.setattr(obj, name, refuse)
+    calls: list = []
+    refuse_network(monkeypatch, calls)
     a = assess(simulate("head", seed=33, matrix=128, slice_mm=2.5).scan)
     assert not calls
     assert a.versions["segmenter"].startswith("monai seg_head-")

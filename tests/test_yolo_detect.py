@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ import pytest
 from detectors import weights
 from detectors import yolo_detect as yd
 from qc.errors import QCInputError
+from tests.offline import refuse_network
 
 MAE_MM = 3.0
 
@@ -40,16 +40,6 @@ def test_offline_setup_sets_environment_and_font(tmp_path, monkeypatch):
     assert (tmp_path / "cfg" / "Ultralytics" / "Arial.ttf").stat().st_size > 100_000
 
 
-def _refuse_network(mp: pytest.MonkeyPatch, calls: list) -> None:
-    def refuse(*args, **kwargs):
-        calls.append(args[:2])
-        raise OSError("network access attempted")
-
-    for obj, name in ((socket.socket, "connect"), (socket.socket, "connect_ex"), (socket, "getaddrinfo"),
-                      (socket, "create_connection")):
-        mp.setattr(obj, name, refuse)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 1-epoch head landmark model (6 volumes) and a 1-epoch artifact model (2 slices per region), 64 matrix,
@@ -57,7 +47,7 @@ def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("yolo_weights")
     mp = pytest.MonkeyPatch()
     calls: list = []
-    _refuse_network(mp, calls)
+    refuse_network(mp, calls)
     try:
         lm = yd.train_and_save("head", n_train=6, epochs=1, batch=4, seed=7, n_heldout=2, out_dir=out, matrix=64,
                                log=lambda _m: None)
