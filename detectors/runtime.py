@@ -10,7 +10,7 @@ whose ONNX was not re-exported is refused, never silently used) and the measured
 
 A loaded model is an :class:`OnnxNet`: numpy arrays in, numpy arrays out, in the order of the export's
 ``output_names``; ``meta`` holds the constants the post-processing needs (e.g. target normalisation), stored in the
-ONNX file's metadata. :func:`torch_fn` wraps a torch module in the same calling convention, so every inference
+ONNX file's metadata. :class:`TorchFn` wraps a torch module in the same calling convention, so every inference
 routine in ``detectors/`` has one numpy code path for both backends.
 """
 
@@ -38,7 +38,7 @@ def onnx_name(name: str) -> str:
 class OnnxNet:
     """An ONNX Runtime session with numpy in/out: ``net(a, b, ...)`` feeds the inputs in the export's order."""
 
-    def __init__(self, path: Path, label: str = ""):
+    def __init__(self, path: Path):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -53,10 +53,8 @@ class OnnxNet:
         so.enable_cpu_mem_arena = os.environ.get("QC_ONNX_ARENA", "0") == "1"
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.outputs = [o.name for o in self.session.get_outputs()]
         raw = self.session.get_modelmeta().custom_metadata_map
         self.meta = {k: json.loads(v) for k, v in raw.items()}
-        self.label = label
         self.path = Path(path)
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
@@ -86,10 +84,6 @@ class TorchFn:
         return [o.float().numpy() for o in out]
 
 
-def torch_fn(module, meta: dict | None = None) -> TorchFn:
-    return TorchFn(module, meta)
-
-
 def available() -> bool:
     """Whether onnxruntime can be imported here."""
     try:
@@ -112,7 +106,7 @@ def _load(name: str, manifest: str) -> OnnxNet:
             "run `qc export-onnx` after training", path)
     if path.suffix != ".onnx":
         raise weights.WeightsError("an ONNX export must be a .onnx file", path)
-    return OnnxNet(path, weights.version_label(onnx_name(name), man))
+    return OnnxNet(path)
 
 
 def shipped_onnx(name: str, manifest: Path | None = None) -> OnnxNet | None:

@@ -243,6 +243,22 @@ class CoarseGrid:
         """Target grid -> block grid, linear."""
         return resize_linear(target, self.block_shape)
 
+    def z_rows(self, zb: int) -> slice:
+        """The full-resolution slices of block row ``zb``."""
+        return slice(zb * self.f[0], min((zb + 1) * self.f[0], self.full_shape[0]))
+
+    def plane_up(self, plane: np.ndarray, ys: slice | None = None, xs: slice | None = None) -> np.ndarray:
+        """One block-grid plane (covering the block ranges ``ys``, ``xs``; default the whole plane) repeated in-plane
+        to full resolution and cropped at the image edge: what one block row of slices needs, without the
+        full-size temporary of :meth:`expand`."""
+        fy, fx = self.f[1:]
+        ny, nx = self.full_shape[1:]
+        ys = ys or slice(0, self.block_shape[1])
+        xs = xs or slice(0, self.block_shape[2])
+        h = min(ys.stop * fy, ny) - ys.start * fy
+        w = min(xs.stop * fx, nx) - xs.start * fx
+        return plane.repeat(fy, axis=0).repeat(fx, axis=1)[:h, :w]
+
     def expand(self, block_mask: np.ndarray, bbox=None) -> tuple[tuple[slice, ...], np.ndarray]:
         """Repeat a block-grid mask (optionally its ``bbox`` slices) to full resolution: (full slices, array)."""
         if bbox is None:
@@ -485,13 +501,7 @@ def default_model(region: str):
     the torch model; None when neither is available."""
     from detectors import runtime
 
-    def torch_model():
-        try:
-            return load_model(region)[0]
-        except ImportError:
-            return None
-
-    return runtime.default_model(model_name(region), torch_model)
+    return runtime.default_model(model_name(region), lambda: load_model(region)[0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -521,14 +531,11 @@ def segment(hu: np.ndarray, spacing, region: str, fov: np.ndarray | None = None,
             raise WeightsError(f"no shipped segmentation network for {region} (ONNX export or torch weights)")
     grid, block = coarse_block(hu, spacing, region, fov)
     coarse = grid.to_target(np.clip(block, -1024.0, 3071.0))
-    if isinstance(net, (OnnxNet, TorchFn)):
-        labels_b = _argmax_channels(grid.to_block(predict_probs(net, coarse)))
-    else:
+    if not isinstance(net, (OnnxNet, TorchFn)):  # a torch module (training, evaluation)
         import torch
 
         torch.set_num_threads(min(2, torch.get_num_threads()))
-        with torch.inference_mode():
-            labels_b = _argmax_channels(grid.to_block(predict_probs(net, coarse)))
+    labels_b = _argmax_channels(grid.to_block(predict_probs(net, coarse)))
     out = masks_from_block_labels(labels_b, grid, hu, region, outputs)
     enclosed = _enclosed_blocks(block)
     if region == "chest":
@@ -561,23 +568,18 @@ def _fill_enclosed(body: np.ndarray, enclosed_b: np.ndarray, grid: CoarseGrid) -
     inner = np.zeros_like(enclosed_b)
     for k in range(enclosed_b.shape[0]):
         inner[k] = ndi.binary_erosion(enclosed_b[k], iterations=1, border_value=0)
-    fz, fy, fx = grid.f
-    _nz, ny, nx = grid.full_shape
     for zb in np.nonzero(inner.any(axis=(1, 2)))[0]:
-        plane = inner[zb].repeat(fy, axis=0).repeat(fx, axis=1)[:ny, :nx]
-        body[zb * fz : (zb + 1) * fz] |= plane
+        body[grid.z_rows(zb)] |= grid.plane_up(inner[zb])
     return body
 
 
 def _keep_enclosed(mask: np.ndarray, enclosed_b: np.ndarray, grid: CoarseGrid) -> np.ndarray:
     """``mask`` (a freshly built, writeable mask: changed in place) restricted to the voxels whose block is enclosed
     by the patient (:func:`_enclosed_blocks`), one block row of slices at a time (no full-size temporaries)."""
-    fz, fy, fx = grid.f
-    _nz, ny, nx = grid.full_shape
+    fz = grid.f[0]
     zs = _bbox(mask)[0]
     for zb in range(zs.start // fz, -(-zs.stop // fz)):
-        plane = enclosed_b[zb].repeat(fy, axis=0).repeat(fx, axis=1)[:ny, :nx]
-        mask[zb * fz : (zb + 1) * fz] &= plane
+        mask[grid.z_rows(zb)] &= grid.plane_up(enclosed_b[zb])
     return mask
 
 
@@ -654,20 +656,19 @@ def masks_from_block_labels(labels_b: np.ndarray, grid: CoarseGrid, hu: np.ndarr
             out[mname] = empty
             continue
         # full resolution, one block row of slices at a time: no full-size temporaries (bench_memory.py)
-        fz, fy, fx = grid.f
+        fy, fx = grid.f[1:]
         y0, x0 = bb[1].start * fy, bb[2].start * fx
         y1, x1 = min(bb[1].stop * fy, grid.full_shape[1]), min(bb[2].stop * fx, grid.full_shape[2])
         for i in range(core.shape[0]):
-            z0 = (bb[0].start + i) * fz
-            z1 = min(z0 + fz, grid.full_shape[0])
             if not (band[i].any() or core[i].any()):
                 continue
-            core_up = core[i].repeat(fy, axis=0).repeat(fx, axis=1)[: y1 - y0, : x1 - x0]
-            band_up = band[i].repeat(fy, axis=0).repeat(fx, axis=1)[: y1 - y0, : x1 - x0]
-            h = hu[z0:z1, y0:y1, x0:x1]
+            zr = grid.z_rows(bb[0].start + i)
+            core_up = grid.plane_up(core[i], bb[1], bb[2])
+            band_up = grid.plane_up(band[i], bb[1], bb[2])
+            h = hu[zr, y0:y1, x0:x1]
             if rule.smooth_px > 0:
                 h = ndi.gaussian_filter(h.astype(np.float32), sigma=(0, rule.smooth_px, rule.smooth_px))
-            dst = full[z0:z1, y0:y1, x0:x1]  # a view: the HU tests write straight into the output
+            dst = full[zr, y0:y1, x0:x1]  # a view: the HU tests write straight into the output
             if rule.lo > -1e8:
                 np.greater(h, rule.lo, out=dst)
                 if rule.hi < 1e8:

@@ -113,10 +113,10 @@ def compute_masks(scan: Scan, segmenter: str = "classical", region: str = "auto"
         return _with_classical_fallback(scan, totalseg_backend.segment(scan.hu, scan.spacing))
     from detectors import segmentation
 
-    if region not in ("head", "chest"):
+    if region == "auto":
         region = segmentation.decide_region(scan.hu, scan.spacing, scan.fov).region
-        if region not in ("head", "chest"):
-            return classical.segment(scan.hu, scan.spacing, scan.fov)
+    if region not in ("head", "chest"):  # no network for it
+        return classical.segment(scan.hu, scan.spacing, scan.fov)
     return segmentation.segment(scan.hu, scan.spacing, region, scan.fov, outputs=outputs)
 
 
@@ -331,11 +331,7 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
         from detectors import segmentation
 
         seg_region = segmentation.decide_region(scan.hu, scan.spacing, scan.fov).region
-    if segmenter == "monai" and seg_region not in ("head", "chest"):
-        masks = compute_masks(scan, "classical")
-    else:
-        masks = compute_masks(scan, segmenter, seg_region if seg_region in ("head", "chest") else region,
-                              outputs=mask_inputs())
+    masks = compute_masks(scan, segmenter, seg_region, outputs=mask_inputs())
     # The learned networks read only the image: they run in a second thread while the IQMs are computed (numpy,
     # scipy and ONNX Runtime release the GIL; assessment has 2 cores). Not alongside the segmentation network: the
     # two transient peaks together broke the memory budget (4.03x int16; benchmarks/bench_memory.py).

@@ -86,7 +86,7 @@ def test_numpy_sliding_window_matches_monai():
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(2, 3, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv3d(3, 4, 3, padding=1)).eval()
-    fn = runtime.torch_fn(net)
+    fn = runtime.TorchFn(net)
     rng = np.random.default_rng(1)
     for shape, roi in (((20, 30, 26), (16, 16, 16)), ((9, 14, 12), (16, 16, 16)), ((40, 24, 24), (16, 24, 24))):
         x = rng.normal(size=(1, 2) + shape).astype(np.float32)
