@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 BODY_THRESHOLD_HU = -500.0  # between air (-1000) and fat (-100): skin boundary
 BONE_THRESHOLD_HU = 300.0   # cortical/cancellous bone vs soft tissue (brain <= 45, blood <= 80)
 AIR_INSIDE_HU = -400.0      # lung parenchyma (-900..-500) and airways vs soft tissue
+LUNG_MEDIAN_MIN_HU = -950.0  # an air component with a lower median is gas (bowel, stomach: ~ -1000), not lung
 
 
 def _disk(radius_px: float) -> np.ndarray:
@@ -85,9 +86,9 @@ def _enclose_per_slice(m: np.ndarray, hu: np.ndarray) -> np.ndarray:
 
 
 def lung_mask(hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarray:
-    """Lungs: air (< -400 HU) inside the body, 3-D components of at least 20 mL (drops bowel gas), and
-    per slice without small midline components (< 5 cm2 within 20 mm of the body's left-right centre:
-    trachea and oesophagus)."""
+    """Lungs: air (< -400 HU) inside the body, 3-D components of at least 20 mL whose median is above
+    :data:`LUNG_MEDIAN_MIN_HU` (drops bowel and stomach gas), and per slice without small midline components
+    (< 5 cm2 within 20 mm of the body's left-right centre: trachea and oesophagus)."""
     air = (hu < AIR_INSIDE_HU) & body
     # the body mask is filled, so air outside the patient is excluded; erode 2 mm to drop skin folds
     air = ndi.binary_erosion(air, structure=_disk(1.0 / spacing[1])[None]) if spacing[1] < 1.0 else air
@@ -100,6 +101,14 @@ def lung_mask(hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarray:
     # 20 mL, or 5 cm2 per slice for thin stacks (a single slice holds only a few mL of lung)
     min_ml = min(20.0, 0.5 * air.shape[0] * spacing[0])
     keep = sizes >= min_ml
+    # lung parenchyma (air + tissue + blood, -900..-700 HU; severe emphysema still has a median above about
+    # -930) vs pure gas (bowel, stomach, free air: about -1000): a component whose median is below
+    # LUNG_MEDIAN_MIN_HU is gas, not lung. On the shared real abdomen CT the two colon-gas components have
+    # medians -973 and -967 HU, the lung bases -796 and -777.
+    idx = np.nonzero(keep)[0]
+    if idx.size:
+        med = np.asarray(ndi.median(hu, lab, idx), dtype=float)
+        keep[idx[med < LUNG_MEDIAN_MIN_HU]] = False
     lungs = keep[lab]
     px_area_cm2 = spacing[1] * spacing[2] / 100.0
     for k in range(lungs.shape[0]):

@@ -536,6 +536,8 @@ def segment(hu: np.ndarray, spacing, region: str, fov: np.ndarray | None = None,
 
         torch.set_num_threads(min(2, torch.get_num_threads()))
     labels_b = _argmax_channels(grid.to_block(predict_probs(net, coarse)))
+    if region == "chest":
+        _gas_is_not_lung(labels_b, block)
     out = masks_from_block_labels(labels_b, grid, hu, region, outputs)
     enclosed = _enclosed_blocks(block)
     if region == "chest":
@@ -545,6 +547,23 @@ def segment(hu: np.ndarray, spacing, region: str, fov: np.ndarray | None = None,
     if out["body_mask"].any():
         out["body_mask"] = _fill_enclosed(out["body_mask"], enclosed, grid)
     return out
+
+
+def _gas_is_not_lung(labels_b: np.ndarray, block: np.ndarray) -> None:
+    """The classical fallback's gas rule on the network's lungs, in place on the block grid: a connected lung region
+    whose median block HU is below :data:`detectors.classical.LUNG_MEDIAN_MIN_HU` is gas (bowel, stomach: about
+    -1000 HU; lung parenchyma -900..-700) and becomes "body". On the shared real abdomen CT the network, trained on
+    simulated chests only, called the colon gas lung (4,400 of its 8,871 lung voxels)."""
+    from detectors.classical import LUNG_MEDIAN_MIN_HU
+
+    lung = labels_b == REGION_CLASSES["chest"].index("lungs")
+    if not lung.any():
+        return
+    lab, n = ndi.label(lung)
+    med = np.asarray(ndi.median(block, lab, np.arange(1, n + 1)), dtype=float)
+    gas = np.nonzero(med < LUNG_MEDIAN_MIN_HU)[0] + 1
+    if gas.size:
+        labels_b[np.isin(lab, gas)] = REGION_CLASSES["chest"].index("body")
 
 
 def _enclosed_blocks(block: np.ndarray) -> np.ndarray:
@@ -690,7 +709,9 @@ def masks_from_block_labels(labels_b: np.ndarray, grid: CoarseGrid, hu: np.ndarr
 
 def random_case(region: str, rng: np.random.Generator, matrix: int) -> dict:
     """Simulator arguments for one training/held-out case: patient size and shape come from the simulator's own
-    seed; position, rotation, dose, kernel, slice thickness, arms and (in ~1 of 4 cases) an artifact are drawn here."""
+    seed; position, rotation, dose, kernel, slice thickness, arms, (in ~1 of 4 cases) an artifact and (chest, 3 of 10
+    cases) a scan range reaching ``below_base_mm`` below the lung bases (:func:`make_case` turns it into ``z_start``)
+    are drawn here."""
     kw: dict = dict(matrix=matrix, kernel=str(rng.choice(["smooth", "sharp"])),
                     shift_x=float(rng.uniform(-30, 30)), shift_y=float(rng.uniform(-30, 30)),
                     yaw=float(rng.uniform(-12, 12)))
@@ -705,6 +726,9 @@ def random_case(region: str, rng: np.random.Generator, matrix: int) -> dict:
         kw["artifacts"] = {"metal": float(rng.uniform(0.5, 1.0))}
     elif u < 0.25:
         kw["artifacts"] = {str(rng.choice(["ring", "motion", "beam_hardening"])): float(rng.uniform(0.3, 0.8))}
+    if region == "chest" and rng.random() < 0.3:
+        # the scan reaches 40-120 mm below the costophrenic angles (upper abdomen, with its bowel gas) instead of 20
+        kw["below_base_mm"] = float(rng.uniform(40, 120))
     return kw
 
 
@@ -718,7 +742,13 @@ def make_case(region: str, seed: int, matrix: int):
     from phantoms import simulate
 
     kw = case_kwargs(region, seed, matrix)
-    return simulate(region, seed, **kw), kw
+    sim = dict(kw)
+    below = sim.pop("below_base_mm", None)
+    if below is not None:
+        geo = {k: sim[k] for k in ("shift_x", "shift_y", "yaw", "arms_up") if k in sim}
+        base = simulate(region, seed, matrix=16, z_start=0.0, z_end=1.0, noise=False, **geo).truth["lung_base_z_mm"]
+        sim["z_start"] = base - below
+    return simulate(region, seed, **sim), kw
 
 
 def training_volumes(region: str, seeds, matrices) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -756,10 +786,12 @@ def _sample_patch(vol, target, patch, rng, n_classes):
 
 
 def train(region: str, data, iterations: int, seed: int = 0, arch: dict | None = None, patch=None,
-          batch: int = 2, lr: float = 3e-3, max_minutes: float | None = None, log=None):
-    """Train a fresh UNet on ``data`` (from :func:`training_volumes`) with Dice + cross-entropy (MONAI
+          batch: int = 2, lr: float = 3e-3, max_minutes: float | None = None, log=None, init_state: dict | None = None):
+    """Train a UNet on ``data`` (from :func:`training_volumes`) with Dice + cross-entropy (MONAI
     ``DiceCELoss``, batch Dice) and Adam (learning rate cosine-annealed to 5 % over the iterations, or over
-    ``max_minutes`` when that comes first: a time-limited run still ends at a low rate). Returns (net, iterations done)."""
+    ``max_minutes`` when that comes first: a time-limited run still ends at a low rate). A fresh network, or one
+    starting from ``init_state`` (a state dict of the same architecture: fine-tuning). Returns (net, iterations
+    done)."""
     import torch
     from monai.losses import DiceCELoss
 
@@ -769,6 +801,8 @@ def train(region: str, data, iterations: int, seed: int = 0, arch: dict | None =
     n_classes = len(REGION_CLASSES[region])
     patch = tuple(patch or PATCH[region])
     net = build_network(region, arch)
+    if init_state is not None:
+        net.load_state_dict(init_state)
     net.train()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
@@ -841,10 +875,12 @@ def evaluate(region: str, seeds, matrix: int = 256, net=None, manifest: Path | N
 
 def train_and_save(region: str, iterations: int = 600, seed: int = 0, out_dir: Path | None = None,
                    n_train: int = 32, matrices=(128, 256), n_eval: int = 8, eval_matrix: int = 256,
-                   arch: dict | None = None, patch=None, max_minutes: float | None = None, log=print) -> dict:
+                   arch: dict | None = None, patch=None, max_minutes: float | None = None, log=print,
+                   init_from: Path | None = None, lr: float = 3e-3) -> dict:
     """``qc train seg``: simulate ``n_train`` cases (seeds ``seed`` ..), train, save safetensors into ``out_dir``
     (default the shipped ``detectors/weights``), evaluate on ``n_eval`` held-out cases (seeds 10^6 + seed ..) and
-    register it in that folder's manifest. Returns the manifest entry."""
+    register it in that folder's manifest. ``init_from``: a safetensors state dict of the same architecture to
+    start from (fine-tuning; its sha256 is recorded). Returns the manifest entry."""
     import torch
     from safetensors.torch import save_file
 
@@ -861,8 +897,18 @@ def train_and_save(region: str, iterations: int = 600, seed: int = 0, out_dir: P
     data = training_volumes(region, train_seeds, list(matrices))
     t_data = time.perf_counter() - t0
     log(f"{len(data)} training volumes simulated in {t_data:.0f}s")
+    init_state, init_desc = None, None
+    if init_from is not None:
+        from safetensors.torch import load_file
+
+        init_from = Path(init_from)
+        if not init_from.is_file():
+            raise QCInputError(f"no such weights file: {init_from}")
+        init_state = load_file(str(init_from))
+        init_desc = {"file": init_from.name, "sha256": weights.sha256_file(init_from)}
     t1 = time.perf_counter()
-    net, done = train(region, data, iterations, seed=seed, arch=arch, patch=patch, max_minutes=max_minutes, log=log)
+    net, done = train(region, data, iterations, seed=seed, arch=arch, patch=patch, max_minutes=max_minutes, log=log,
+                      init_state=init_state, lr=lr)
     t_train = time.perf_counter() - t1
     from qc.safe_names import safe_child
 
@@ -883,9 +929,11 @@ def train_and_save(region: str, iterations: int = 600, seed: int = 0, out_dir: P
                          train_seeds[0], train_seeds[-1], ", pitch +-15, roll +-8 deg" if region == "head" else "",
                          ", arms up/down" if region == "chest" else ""),
             "command": (f"qc train seg --region {region} --iterations {iterations} --seed {seed} --n-train {n_train} "
-                        f"--n-eval {n_eval}" + (f" --max-minutes {max_minutes:g}" if max_minutes is not None else "")),
+                        f"--n-eval {n_eval}" + (f" --max-minutes {max_minutes:g}" if max_minutes is not None else "")
+                        + (f" --init-from {init_from.name} --lr {lr:g}" if init_from is not None else "")),
             "seed": seed, "iterations": done, "iterations_requested": iterations, "patch": list(patch or PATCH[region]),
-            "loss": "monai DiceCELoss(softmax, batch) + Adam lr 3e-3 cosine", "simulate_s": round(t_data, 1),
+            "loss": f"monai DiceCELoss(softmax, batch) + Adam lr {lr:g} cosine", "simulate_s": round(t_data, 1),
+            "initialised_from": init_desc,
             "train_s": round(t_train, 1), "torch": torch.__version__,
         },
         "metrics": {"heldout": metrics,

@@ -232,6 +232,58 @@ def ring_index_hu(hu, body_mask, isocenter_xy=None):
 
 
 # ------------------------------------------------------------------ metal and streaks
+
+#: radial bands (mm beyond the metal's radius) of the streak profiles: two disjoint bands, so that noise is
+#: independent between them while a streak (a line through the metal) is in both
+STREAK_BANDS_MM = ((5.0, 25.0), (25.0, 45.0))
+
+
+def metal_ray_profiles(hu2d, pixel_mm: float, keep_mask, bands=STREAK_BANDS_MM, n_angles: int = 360) -> dict | None:
+    """Angular profiles of the high-pass residual along rays from the largest metal object of one slice (the
+    per-slice part of :func:`streak_index_hu`, shared with the artifact detector's streak channel).
+
+    residual = I - median_7mm(I); only flat pixels count (range of the median image over 3 x 3 < 100 HU), inside
+    ``keep_mask``, 2 px away from the metal, eroded 2 px. profile_band(a) = mean residual over the band's radii
+    (r_metal + lo .. r_metal + hi mm) along the ray at angle a (NaN where < 3 samples). Returns None when the
+    slice holds no metal (> METAL_HU inside ``keep_mask``), else {"cy", "cx" (px), "r_metal_mm", "theta"
+    (radians), "profiles" (one array per band)}."""
+    hu2d = np.asarray(hu2d)
+    keep_mask = np.asarray(keep_mask, dtype=bool)
+    metal = (hu2d > METAL_HU) & keep_mask
+    if not metal.any():
+        return None
+    px = float(pixel_mm)
+    size = max(3, int(round(7.0 / px)) | 1)
+    th = np.linspace(0.0, 2 * np.pi, n_angles, endpoint=False)
+    lab, _n = ndi.label(metal)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    j = int(np.argmax(sizes))
+    cy, cx = ndi.center_of_mass(lab == j)
+    r_metal = float(np.sqrt(sizes[j] / np.pi)) * px
+    r_far = max(hi for _lo, hi in bands)
+    half = int(np.ceil((r_metal + r_far) / px)) + size
+    y0, x0 = max(int(cy) - half, 0), max(int(cx) - half, 0)
+    y1, x1 = min(int(cy) + half + 1, hu2d.shape[0]), min(int(cx) + half + 1, hu2d.shape[1])
+    crop = hu2d[y0:y1, x0:x1].astype(np.float32)
+    med = ndi.median_filter(crop, size=size)
+    res = crop - med
+    # flat regions inside the body (soft tissue, fat, uniform bone, lung): range of the median image over
+    # 3 x 3 pixels < 100 HU; 2 px away from the metal, eroded 2 px
+    flat = (ndi.maximum_filter(med, size=3) - ndi.minimum_filter(med, size=3)) < 100.0
+    tissue = flat & keep_mask[y0:y1, x0:x1] & ~ndi.binary_dilation(metal[y0:y1, x0:x1], iterations=2)
+    tissue = ndi.binary_erosion(tissue, iterations=2)
+    profiles = []
+    for lo, hi in bands:
+        r = np.arange(r_metal + lo, r_metal + hi, px / 2)
+        yy = cy - y0 + np.outer(np.sin(th), r) / px
+        xx = cx - x0 + np.outer(np.cos(th), r) / px
+        v = ndi.map_coordinates(res, [yy, xx], order=1, mode="constant", cval=0.0)
+        m = ndi.map_coordinates(tissue.astype(np.float32), [yy, xx], order=0, mode="constant", cval=0.0) > 0.5
+        n = m.sum(axis=1)
+        profiles.append(np.where(n >= 3, (v * m).sum(axis=1) / np.maximum(n, 1), np.nan))
+    return {"cy": float(cy), "cx": float(cx), "r_metal_mm": r_metal, "theta": th, "profiles": profiles}
+
 @register_iqm(unit="HU", direction="lower_is_better",
               formula="MAI = sqrt(max(SD_art^2 - SD_ref^2, 0)); SD_art = SD of soft tissue (-100..200 HU) 5-40 mm from "
               "metal (> 2500 HU) in the metal slices, SD_ref = global noise index; 0 without metal",
@@ -278,39 +330,12 @@ def streak_index_hu(hu, spacing, body_mask):
     if not slices:
         return 0.0
     ks = sorted(slices, key=slices.get, reverse=True)[:8]
-    px = float(spacing[2])
-    size = max(3, int(round(7.0 / px)) | 1)
-    th = np.linspace(0.0, 2 * np.pi, 360, endpoint=False)
     products = []
     for k in ks:
-        metal = (hu[k] > METAL_HU) & body_mask[k]
-        lab, _n = ndi.label(metal)
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        j = int(np.argmax(sizes))
-        cy, cx = ndi.center_of_mass(lab == j)
-        r_metal = float(np.sqrt(sizes[j] / np.pi)) * px
-        half = int(np.ceil((r_metal + 45.0) / px)) + size
-        y0, x0 = max(int(cy) - half, 0), max(int(cx) - half, 0)
-        y1, x1 = min(int(cy) + half + 1, hu.shape[1]), min(int(cx) + half + 1, hu.shape[2])
-        crop = hu[k, y0:y1, x0:x1].astype(np.float32)
-        med = ndi.median_filter(crop, size=size)
-        res = crop - med
-        # flat regions inside the body (soft tissue, fat, uniform bone, lung): range of the median image over
-        # 3 x 3 pixels < 100 HU; 2 px away from the metal, eroded 2 px
-        flat = (ndi.maximum_filter(med, size=3) - ndi.minimum_filter(med, size=3)) < 100.0
-        tissue = flat & body_mask[k, y0:y1, x0:x1] & ~ndi.binary_dilation(metal[y0:y1, x0:x1], iterations=2)
-        tissue = ndi.binary_erosion(tissue, iterations=2)
-        profiles = []
-        for lo, hi in ((5.0, 25.0), (25.0, 45.0)):
-            r = np.arange(r_metal + lo, r_metal + hi, px / 2)
-            yy = cy - y0 + np.outer(np.sin(th), r) / px
-            xx = cx - x0 + np.outer(np.cos(th), r) / px
-            v = ndi.map_coordinates(res, [yy, xx], order=1, mode="constant", cval=0.0)
-            m = ndi.map_coordinates(tissue.astype(np.float32), [yy, xx], order=0, mode="constant", cval=0.0) > 0.5
-            n = m.sum(axis=1)
-            profiles.append(np.where(n >= 3, (v * m).sum(axis=1) / np.maximum(n, 1), np.nan))
-        a_in, a_out = profiles
+        rays = metal_ray_profiles(hu[k], float(spacing[2]), body_mask[k])
+        if rays is None:
+            continue
+        a_in, a_out = rays["profiles"]
         ok = np.isfinite(a_in) & np.isfinite(a_out)
         if ok.sum() >= 8:
             a, b = a_in[ok], a_out[ok]

@@ -193,6 +193,8 @@ def simulate(region: str = "head", seed: int = 0, *, mas: float | None = None, d
         if pitch or roll:
             raise ValueError("chest phantom supports yaw only (no pitch/roll)")
         shape = anatomy.ChestShape.random(rng, arms_up=arms_up)
+        # own stream: the gas pockets leave every other draw of the seed (pose, vessels, noise) as it was
+        shape.gas = anatomy.abdominal_gas(np.random.default_rng([seed, 4099]), shape)
         apex_z, base_z = center[2] + shape.apex_z, center[2] + shape.base_z
         lo_default, hi_default = base_z - 20.0, apex_z + 20.0
         truth.update(half_width_mm=shape.half_width, half_depth_mm=shape.half_depth, arms_up=shape.arms_up,

@@ -30,6 +30,7 @@ LABELS: dict[int, tuple[str, float]] = {
     17: ("metal", 3000.0),
     18: ("cerebellum", 38.0),
     19: ("vessel", 40.0),
+    20: ("bowel_gas", -1000.0),
 }
 
 NAME_TO_LABEL = {name: k for k, (name, _hu) in LABELS.items()}

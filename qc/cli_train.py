@@ -53,6 +53,9 @@ def train_seg(
     n_eval: int = typer.Option(8, "--n-eval", min=0, help="Held-out simulated scans for the manifest's Dice."),
     max_minutes: Optional[float] = typer.Option(14.0, "--max-minutes", help="Stop training after this long (CPU)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Weights folder (default: the shipped detectors/weights)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these safetensors weights "
+                                             "(same architecture): fine-tuning."),
+    lr: float = typer.Option(3e-3, "--lr", min=1e-6, help="Adam learning rate at the start of the cosine schedule."),
 ):
     """Compact MONAI 3-D UNet segmentation for one region (detectors/segmentation.py), with held-out Dice."""
     from detectors import segmentation
@@ -62,7 +65,8 @@ def train_seg(
         raise typer.BadParameter("--region must be head or chest")
     try:
         entry = segmentation.train_and_save(region, iterations=iterations, seed=seed, out_dir=out, n_train=n_train,
-                                            n_eval=n_eval, max_minutes=max_minutes, log=typer.echo)
+                                            n_eval=n_eval, max_minutes=max_minutes, log=typer.echo,
+                                            init_from=init_from, lr=lr)
     except QCInputError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

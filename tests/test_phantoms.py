@@ -8,6 +8,7 @@ from scipy import ndimage as ndi
 
 from metrics.noise import nps_mean_frequency
 from phantoms import simulate
+from phantoms.anatomy import GAS_LUNG_GAP_MM
 from phantoms.simulate import ARTIFACT_BITS
 from phantoms.tissues import NAME_TO_LABEL
 from tests.conftest import shared_path
@@ -148,3 +149,26 @@ def test_simulate_dataset_cli(tmp_path):
     assert len(m) == 4 and set(m["region"]) == {"head", "chest"} and set(m["kernel"]) == {"smooth", "sharp"}
     assert {"noise_sd_hu", "wed_mm", "centering_offset_vertical_mm", "artifact_present.metal"} <= set(m.columns)
     assert all((tmp_path / p).exists() for p in m["path"])
+
+
+def test_abdominal_gas_lies_below_the_diaphragm_and_apart_from_the_lungs():
+    """Bowel/stomach gas (label bowel_gas, -1000 HU) is drawn in most chest phantoms, inside the body, at the lung
+    bases' level or below, and never touches the lungs (>= GAS_LUNG_GAP_MM of diaphragm/soft tissue in 3-D; at
+    128 matrix that is more than one voxel, so no connected-component step can join gas and lung)."""
+    gas_l, lung_l = NAME_TO_LABEL["bowel_gas"], NAME_TO_LABEL["lung"]
+    n_with = 0
+    for seed in range(6):
+        ph = simulate("chest", seed=seed, matrix=128, slice_mm=2.5, noise=False)
+        gas = ph.labels == gas_l
+        if not gas.any():
+            continue
+        n_with += 1
+        z = ph.scan.z_positions_mm()
+        zg = z[np.nonzero(gas.any(axis=(1, 2)))[0]]
+        lung_z = z[np.nonzero((ph.labels == lung_l).any(axis=(1, 2)))[0]]
+        assert zg.max() < lung_z.max() - 100, seed          # well below the apices
+        assert zg.max() <= ph.truth["lung_base_z_mm"] + 90, seed   # under the domes (<= 90 mm above the bases)
+        gap = ndi.distance_transform_edt(ph.labels != lung_l, sampling=ph.scan.spacing)[gas].min()
+        assert gap >= GAS_LUNG_GAP_MM, (seed, gap)
+        assert np.median(ph.noise_free[gas]) < -950, seed
+    assert n_with >= 4

@@ -102,3 +102,26 @@ def test_shipped_weights_reach_target_dice(region):
     r = seg.evaluate(region, quick_seeds(region), matrix=256, classical=False)
     for name, thr in THRESHOLDS[region].items():
         assert r["network"][name]["mean"] >= thr, (name, r["network"][name])
+
+
+def test_classical_lungs_leave_bowel_gas_out(monkeypatch):
+    """The classical fallback's lung mask against the phantom truth on a chest whose scan reaches 60 mm below the
+    lung bases (stomach and colon gas of phantoms.anatomy.abdominal_gas in range): no gas voxel is called lung and
+    lung Dice >= 0.96 (measured 0.974 at 256 matrix; the misses are the 40 HU lung vessels, which the truth counts
+    as lung). With the gas rule switched off (LUNG_MEDIAN_MIN_HU = -inf) the same scan's gas is called
+    lung: the case exercises the rule."""
+    from detectors import classical as cl
+    from phantoms import simulate
+    from phantoms.tissues import NAME_TO_LABEL
+
+    seed = 1
+    base = simulate("chest", seed, matrix=16, z_start=0.0, z_end=1.0, noise=False).truth["lung_base_z_mm"]
+    ph = simulate("chest", seed, matrix=256, slice_mm=5.0, z_start=base - 60.0, z_end=base + 120.0)
+    gas = ph.labels == NAME_TO_LABEL["bowel_gas"]
+    assert gas.sum() * np.prod(ph.scan.spacing) / 1000.0 >= 20.0  # >= 20 mL: survives the size rule
+    truth = seg.truth_masks(ph.labels, "chest")["lung_mask"]
+    got = cl.segment(ph.scan.hu, ph.scan.spacing, ph.scan.fov)["lung_mask"]
+    assert not (got & gas).any()
+    assert seg.dice(got, truth) >= 0.96
+    monkeypatch.setattr(cl, "LUNG_MEDIAN_MIN_HU", -np.inf)
+    assert (cl.segment(ph.scan.hu, ph.scan.spacing, ph.scan.fov)["lung_mask"] & gas).sum() >= 0.5 * gas.sum()
