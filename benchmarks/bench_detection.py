@@ -80,7 +80,7 @@ def speed(slices: int) -> None:
         det = yd._forward(net, [img])[0]
         yd.landmarks_from_detections(det, "chest", geom)
         t2 = time.perf_counter()
-        yd.detect_artifacts(sc.hu, net=art)
+        yd.detect_artifacts(sc.hu, sc.spacing[2], net=art)
         t3 = time.perf_counter()
         best = {"projection": min(best["projection"], t1 - t0), "landmarks": min(best["landmarks"], t2 - t1),
                 "artifacts": min(best["artifacts"], t3 - t2)}

@@ -91,7 +91,7 @@ def main() -> None:
     rows.append(("body-region model", w, c))
     w, c, _ = _timed(lambda: yd.detect_landmarks_scan(scan, "chest", net=lm_net), args.repeat)
     rows.append(("YOLO landmarks (chest)", w, c))
-    w, c, _ = _timed(lambda: yd.detect_artifacts(scan.hu, net=art_net), args.repeat)
+    w, c, _ = _timed(lambda: yd.detect_artifacts(scan.hu, scan.spacing[2], net=art_net), args.repeat)
     rows.append(("YOLO artifacts", w, c))
     w, c, _ = _timed(lambda: chest_iqa.predict_volume(scan.hu, scan.spacing, iqa), args.repeat)
     rows.append(("Chest CT-IQA", w, c))

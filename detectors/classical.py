@@ -85,6 +85,19 @@ def _enclose_per_slice(m: np.ndarray, hu: np.ndarray) -> np.ndarray:
     return out
 
 
+def gas_components(hu: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:
+    """bool [n + 1]: components of ``lab`` (1..n) whose median HU is below :data:`LUNG_MEDIAN_MIN_HU`, i.e. more
+    than half of whose voxels are (index 0, the background, is False). Counted with two bincounts: scipy's
+    ``ndimage.median`` sorts every labelled voxel and took 0.28 s per call on a 512 x 512 x 300 chest."""
+    inside = lab > 0
+    li = lab[inside]
+    below = np.bincount(li, weights=(hu[inside] < LUNG_MEDIAN_MIN_HU), minlength=n + 1)
+    total = np.bincount(li, minlength=n + 1)
+    out = below > 0.5 * total
+    out[0] = False
+    return out
+
+
 def lung_mask(hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarray:
     """Lungs: air (< -400 HU) inside the body, 3-D components of at least 20 mL whose median is above
     :data:`LUNG_MEDIAN_MIN_HU` (drops bowel and stomach gas), and per slice without small midline components
@@ -105,10 +118,7 @@ def lung_mask(hu: np.ndarray, body: np.ndarray, spacing) -> np.ndarray:
     # -930) vs pure gas (bowel, stomach, free air: about -1000): a component whose median is below
     # LUNG_MEDIAN_MIN_HU is gas, not lung. On the shared real abdomen CT the two colon-gas components have
     # medians -973 and -967 HU, the lung bases -796 and -777.
-    idx = np.nonzero(keep)[0]
-    if idx.size:
-        med = np.asarray(ndi.median(hu, lab, idx), dtype=float)
-        keep[idx[med < LUNG_MEDIAN_MIN_HU]] = False
+    keep &= ~gas_components(hu, lab, n)
     lungs = keep[lab]
     px_area_cm2 = spacing[1] * spacing[2] / 100.0
     for k in range(lungs.shape[0]):

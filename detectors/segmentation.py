@@ -554,16 +554,15 @@ def _gas_is_not_lung(labels_b: np.ndarray, block: np.ndarray) -> None:
     whose median block HU is below :data:`detectors.classical.LUNG_MEDIAN_MIN_HU` is gas (bowel, stomach: about
     -1000 HU; lung parenchyma -900..-700) and becomes "body". On the shared real abdomen CT the network, trained on
     simulated chests only, called the colon gas lung (4,400 of its 8,871 lung voxels)."""
-    from detectors.classical import LUNG_MEDIAN_MIN_HU
+    from detectors.classical import gas_components
 
     lung = labels_b == REGION_CLASSES["chest"].index("lungs")
     if not lung.any():
         return
     lab, n = ndi.label(lung)
-    med = np.asarray(ndi.median(block, lab, np.arange(1, n + 1)), dtype=float)
-    gas = np.nonzero(med < LUNG_MEDIAN_MIN_HU)[0] + 1
-    if gas.size:
-        labels_b[np.isin(lab, gas)] = REGION_CLASSES["chest"].index("body")
+    gas = gas_components(block, lab, n)
+    if gas.any():
+        labels_b[gas[lab]] = REGION_CLASSES["chest"].index("body")
 
 
 def _enclosed_blocks(block: np.ndarray) -> np.ndarray:

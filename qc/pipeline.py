@@ -202,7 +202,7 @@ def detector_outputs(scan: Scan, region: str) -> tuple[dict, dict[str, str]]:
     if net is None:
         versions[name] = "not available (weights missing or not verified)"
     else:
-        art = yd.detect_artifacts(scan.hu, net=net)
+        art = yd.detect_artifacts(scan.hu, scan.spacing[2], net=net)
         out.update({f"yolo_{'metal_streak' if a == 'metal' else a}_score": v["score"] for a, v in art.items()})
         versions[name] = _model_version(name, net)
     return out, versions

@@ -181,8 +181,8 @@ def test_yolo_onnx_equals_torch(region, scans):
             continue
         assert a[k]["z_mm"] == pytest.approx(b[k]["z_mm"], abs=0.5), k  # pixels are 1-2 mm
         assert a[k]["confidence"] == pytest.approx(b[k]["confidence"], abs=0.02), k
-    a = yd.detect_artifacts(s.hu, net=runtime.shipped_onnx("yolo_artifacts"))
-    b = yd.detect_artifacts(s.hu, net=yd.shipped_model("artifacts"))
+    a = yd.detect_artifacts(s.hu, s.spacing[2], net=runtime.shipped_onnx("yolo_artifacts"))
+    b = yd.detect_artifacts(s.hu, s.spacing[2], net=yd.shipped_model("artifacts"))
     for k in a:
         assert a[k]["score"] == pytest.approx(b[k]["score"], abs=0.02), k
 
