@@ -37,7 +37,8 @@ Design
   window for motion ghosts. Boxes = the bounding box of the simulator's artifact mask of that class (metal streaks:
   the square within 45 mm of the metal, :func:`_metal_streak_box`, where the streak channel holds the evidence;
   the streaks' own mask spans the slice). Metal-free twins (the same seed's metal without streaks) are the metal
-  class's negatives in training (:func:`_twin_index`). Per-scan score = max box confidence of the class over the read slices (every metal slice plus 24 evenly spaced ones).
+  class's negatives in training (:func:`_twin_index`). Per-scan score = max box confidence of the class over the
+  read slices (every metal slice plus 24 evenly spaced ones).
   Deviation: with the plain slice in a soft-tissue window instead of the ring-residual channel, rings of severity
   0.5 (~10-15 HU under 3-10 HU noise at 128 matrix) were not learned (held-out AUC 0.25).
 * **Offline** (:func:`ultralytics_offline`): YOLO_OFFLINE=1, YOLO_AUTOINSTALL=False, YOLO_VERBOSE=False,
@@ -46,8 +47,8 @@ Design
   ``plots=False``; the test trains with every socket refused.
 * **Weights**: ultralytics checkpoints are pickles; only the state dict is kept, as fp16 safetensors
   (``detectors/weights/yolo_<model>.safetensors``, ~1.7 MB each at channel width 0.125) registered in the manifest
-  with its classes and model yaml. Loading rebuilds ``DetectionModel("yolo11n.yaml", nc)`` and loads the state dict (sha256-verified
-  through :mod:`detectors.weights`). Inference is our own forward pass + ultralytics NMS (multi-label: lens and
+  with its classes and model yaml. Loading rebuilds ``DetectionModel("yolo11n.yaml", nc)`` and loads the state
+  dict (sha256-verified through :mod:`detectors.weights`). Inference is our own forward pass + ultralytics NMS (multi-label: lens and
   orbit boxes overlap) in eval mode: deterministic.
 * **Training** (CPU, ``workers=0``, 1 thread): no mosaic/scale/flip/hue augmentation (the mm grid and the channel
   scales carry the information), +-10 % translation, AdamW lr 0.002 cosine, batch 8 with one optimizer step per
@@ -1248,6 +1249,7 @@ def train_and_save(model: str, *, n_train: int | None = None, epochs: int = 20, 
     items: list[dict] = []
     for region in regions:
         if art:
+            # the cache key names the image/box version: v5 = streak channel (clipped), metal boxes, twins
             items += _cached(cache, f"yolo_{region}_artifacts_v5_{seed}_{n_train}{tag}",
                              lambda: training_items(region, 0, n_train, seed=seed, workers=workers, log=log,
                                                     matrix=matrix))
