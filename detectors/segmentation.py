@@ -905,20 +905,25 @@ def train_and_save(region: str, iterations: int = 600, seed: int = 0, out_dir: P
     out_dir = Path(out_dir) if out_dir is not None else weights.WEIGHTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "manifest.json"
-    t0 = time.perf_counter()
-    train_seeds = [seed + i for i in range(n_train)]
-    data = training_volumes(region, train_seeds, list(matrices))
-    t_data = time.perf_counter() - t0
-    log(f"{len(data)} training volumes simulated in {t_data:.0f}s")
     init_state, init_desc = None, None
-    if init_from is not None:
+    if init_from is not None:  # checked before the minutes of simulation
         from safetensors.torch import load_file
 
         init_from = Path(init_from)
         if not init_from.is_file():
             raise QCInputError(f"no such weights file: {init_from}")
-        init_state = load_file(str(init_from))
+        try:
+            init_state = load_file(str(init_from))
+            build_network(region, arch).load_state_dict(init_state)
+        except Exception as exc:  # safetensors header errors, missing/unexpected keys, shape mismatches
+            raise QCInputError(f"{init_from.name} is not a {region} network of this architecture: "
+                               f"{str(exc).strip().splitlines()[0][:200]}") from None
         init_desc = {"file": init_from.name, "sha256": weights.sha256_file(init_from)}
+    t0 = time.perf_counter()
+    train_seeds = [seed + i for i in range(n_train)]
+    data = training_volumes(region, train_seeds, list(matrices))
+    t_data = time.perf_counter() - t0
+    log(f"{len(data)} training volumes simulated in {t_data:.0f}s")
     t1 = time.perf_counter()
     net, done = train(region, data, iterations, seed=seed, arch=arch, patch=patch, max_minutes=max_minutes, log=log,
                       init_state=init_state, lr=lr)

@@ -48,6 +48,23 @@ def test_train_writes_verified_loadable_weights(tiny_model):
     assert all(np.array_equal(masks[k], again[k]) for k in masks)  # deterministic inference
 
 
+def test_fine_tuning_starts_from_given_weights_and_records_them(tiny_model, tmp_path):
+    """``qc train seg --init-from W``: the run starts from W (its sha256 is in the manifest); a missing file or
+    weights of another architecture are a clear error before any simulation."""
+    out, _entry = tiny_model
+    src = out / "seg_head.safetensors"
+    entry = seg.train_and_save("head", iterations=1, seed=6, out_dir=tmp_path / "ft", n_train=1, matrices=(64,),
+                               n_eval=0, arch=TINY, patch=(16, 32, 32), log=lambda _m: None, init_from=src, lr=1e-4)
+    assert entry["training"]["initialised_from"] == {"file": src.name, "sha256": weights.sha256_file(src)}
+    assert "--init-from seg_head.safetensors --lr 0.0001" in entry["training"]["command"]
+    with pytest.raises(QCInputError, match="no such weights file"):
+        seg.train_and_save("head", iterations=1, out_dir=tmp_path / "x", n_train=1, arch=TINY,
+                           init_from=tmp_path / "missing.safetensors", log=lambda _m: None)
+    with pytest.raises(QCInputError, match="not a head network of this architecture"):
+        seg.train_and_save("head", iterations=1, out_dir=tmp_path / "y", n_train=1, init_from=src,
+                           log=lambda _m: None)  # default (larger) architecture vs the tiny weights
+
+
 def test_tampered_weights_refused(tiny_model, tmp_path):
     out, _entry = tiny_model
     shutil.copy(out / "manifest.json", tmp_path / "manifest.json")
