@@ -170,19 +170,20 @@ def simulated_case(i: int, seed0: int, matrix: int = 128) -> tuple[dict | None, 
     only (the chest phantom below the costophrenic angles: liver, spine, fat). 5 mm slices."""
     from detectors import classical
     from phantoms import simulate
+    from phantoms.simulate import probe_truth
 
     rng = np.random.default_rng([seed0, i])
     seed = seed0 + i
     kind = REGION_CLASSES[i % 3]
     if kind == "head":
-        ph0 = simulate("head", seed=seed, matrix=16, slice_mm=10.0, noise=False)
-        vz, sb = ph0.truth["vertex_z_mm"], ph0.truth["skull_base_z_mm"]
+        t0 = probe_truth("head", seed)
+        vz, sb = t0["vertex_z_mm"], t0["skull_base_z_mm"]
         z0 = sb - 25.0 + (rng.uniform(0, 60) if rng.random() < 0.3 else 0.0)
         z1 = vz + 8.0 - (rng.uniform(0, 60) if rng.random() < 0.3 else 0.0)
         kw = dict(pitch=float(rng.uniform(-15, 15)), z_start=z0, z_end=max(z1, z0 + 40.0))
     else:
-        ph0 = simulate("chest", seed=seed, matrix=16, slice_mm=10.0, noise=False)
-        apex, base = ph0.truth["lung_apex_z_mm"], ph0.truth["lung_base_z_mm"]
+        t0 = probe_truth("chest", seed)
+        apex, base = t0["lung_apex_z_mm"], t0["lung_base_z_mm"]
         if kind == "chest":
             r = rng.random()
             if r < 0.6:

@@ -753,14 +753,14 @@ def case_kwargs(region: str, seed: int, matrix: int) -> dict:
 def make_case(region: str, seed: int, matrix: int):
     """One simulated case: (phantom, simulator kwargs). The case's parameters are drawn from ``seed`` too."""
     from phantoms import simulate
+    from phantoms.simulate import probe_truth
 
     kw = case_kwargs(region, seed, matrix)
     sim = dict(kw)
     below = sim.pop("below_base_mm", None)
     if below is not None:
-        geo = {k: sim[k] for k in ("shift_x", "shift_y", "yaw", "arms_up") if k in sim}
-        base = simulate(region, seed, matrix=16, z_start=0.0, z_end=1.0, noise=False, **geo).truth["lung_base_z_mm"]
-        sim["z_start"] = base - below
+        pose = {k: sim[k] for k in ("shift_x", "shift_y", "yaw", "arms_up") if k in sim}
+        sim["z_start"] = probe_truth(region, seed, **pose)["lung_base_z_mm"] - below
     return simulate(region, seed, **sim), kw
 
 

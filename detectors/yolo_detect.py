@@ -495,19 +495,13 @@ def _metal_streak_box(hu2d: np.ndarray, pixel_mm: float) -> tuple[float, float, 
     the evidence (the streak channel of :func:`streak_coherence_image`) lies within 45 mm of the metal, and a box
     there puts the anchors that must fire where the evidence is (with whole-image boxes, chest metal reached a
     held-out AUC of only 0.76-0.90)."""
-    from scipy import ndimage as ndi
-
-    from metrics.artifacts import METAL_HU, STREAK_BANDS_MM
+    from metrics.artifacts import METAL_HU, STREAK_BANDS_MM, largest_metal_object
 
     metal = np.asarray(hu2d) > METAL_HU
     if not metal.any():
         return None
-    lab, _n = ndi.label(metal)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    j = int(np.argmax(sizes))
-    cy, cx = ndi.center_of_mass(lab == j)
-    half = (float(np.sqrt(sizes[j] / np.pi)) * pixel_mm + STREAK_BANDS_MM[-1][1]) / pixel_mm
+    cy, cx, r_metal_px = largest_metal_object(metal)
+    half = r_metal_px + STREAK_BANDS_MM[-1][1] / pixel_mm
     n_y, n_x = metal.shape
     y0, y1 = max(cy + 0.5 - half, 0.0), min(cy + 0.5 + half, float(n_y))
     x0, x1 = max(cx + 0.5 - half, 0.0), min(cx + 0.5 + half, float(n_x))
@@ -546,14 +540,15 @@ def simulate_landmark_case(region: str, seed: int, heldout: bool = False, matrix
     """(Phantom, params) of one landmark case: the pose is simulated first on a tiny grid to place the scan range
     relative to the true landmarks, then the scan itself."""
     from phantoms import simulate
+    from phantoms.simulate import probe_truth
 
     kw = landmark_case_params(region, seed, heldout)
     below, above, cut = kw.pop("_below"), kw.pop("_above"), kw.pop("_cut")
     if matrix is not None:
         kw["matrix"] = int(matrix)
-    probe = simulate(region, seed=seed, matrix=16, z_start=0.0, z_end=1.0, noise=False,
-                     **{k: v for k, v in kw.items() if k not in ("matrix", "slice_mm", "kernel", "mas")})
-    zs = [q[2] for pts in landmark_points(probe.truth, region).values() for q in pts]
+    probe = probe_truth(region, seed, **{k: v for k, v in kw.items() if k not in ("matrix", "slice_mm", "kernel",
+                                                                                  "mas")})
+    zs = [q[2] for pts in landmark_points(probe, region).values() for q in pts]
     top, bottom = max(zs), min(zs)  # the highest / lowest landmark instance (head: pitch can put the lenses
     # below the foramen magnum)
     cfg = REGION_VIEW[region]
@@ -606,6 +601,7 @@ def simulate_artifact_slices(region: str, seed: int, kind: str, n_slices: int = 
                              matrix: int | None = None):
     """(HU slices [n, y, x], artifact mask [n, y, x] bool for the case's artifact class or None, Scan)."""
     from phantoms import simulate
+    from phantoms.simulate import probe_truth
     from qc.io import Scan
 
     kw = artifact_case_params(region, seed, kind, heldout)
@@ -615,8 +611,7 @@ def simulate_artifact_slices(region: str, seed: int, kind: str, n_slices: int = 
     slice_mm = 2.5
     if zsel == "metal":
         if region == "head":
-            zb = simulate("head", seed=seed, matrix=16, z_start=0.0, z_end=1.0, noise=False,
-                          **{k: kw[k] for k in ("shift_x", "shift_y", "yaw")}).truth["skull_base_z_mm"]
+            zb = probe_truth("head", seed, **{k: kw[k] for k in ("shift_x", "shift_y", "yaw")})["skull_base_z_mm"]
             zc = zb - 10.0
         else:
             zc = -40.0

@@ -238,6 +238,17 @@ def ring_index_hu(hu, body_mask, isocenter_xy=None):
 STREAK_BANDS_MM = ((5.0, 25.0), (25.0, 45.0))
 
 
+def largest_metal_object(metal: np.ndarray) -> tuple[float, float, float]:
+    """(row, column) centroid and equal-area radius (pixels) of the largest connected object of a 2-D metal mask
+    (which must hold some metal): the centre the streak measures look from."""
+    lab, _n = ndi.label(metal)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    j = int(np.argmax(sizes))
+    cy, cx = ndi.center_of_mass(lab == j)
+    return float(cy), float(cx), float(np.sqrt(sizes[j] / np.pi))
+
+
 def metal_ray_profiles(hu2d, pixel_mm: float, keep_mask, bands=STREAK_BANDS_MM, n_angles: int = 360) -> dict | None:
     """Angular profiles of the high-pass residual along rays from the largest metal object of one slice (the
     per-slice part of :func:`streak_index_hu`, shared with the artifact detector's streak channel).
@@ -245,8 +256,8 @@ def metal_ray_profiles(hu2d, pixel_mm: float, keep_mask, bands=STREAK_BANDS_MM, 
     residual = I - median_7mm(I); only flat pixels count (range of the median image over 3 x 3 < 100 HU), inside
     ``keep_mask``, 2 px away from the metal, eroded 2 px. profile_band(a) = mean residual over the band's radii
     (r_metal + lo .. r_metal + hi mm) along the ray at angle a (NaN where < 3 samples). Returns None when the
-    slice holds no metal (> METAL_HU inside ``keep_mask``), else {"cy", "cx" (px), "r_metal_mm", "theta"
-    (radians), "profiles" (one array per band)}."""
+    slice holds no metal (> METAL_HU inside ``keep_mask``), else {"cy", "cx" (px), "r_metal_mm", "profiles" (one
+    array per band, ``n_angles`` equally spaced angles from 0)}."""
     hu2d = np.asarray(hu2d)
     keep_mask = np.asarray(keep_mask, dtype=bool)
     metal = (hu2d > METAL_HU) & keep_mask
@@ -255,12 +266,8 @@ def metal_ray_profiles(hu2d, pixel_mm: float, keep_mask, bands=STREAK_BANDS_MM, 
     px = float(pixel_mm)
     size = max(3, int(round(7.0 / px)) | 1)
     th = np.linspace(0.0, 2 * np.pi, n_angles, endpoint=False)
-    lab, _n = ndi.label(metal)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    j = int(np.argmax(sizes))
-    cy, cx = ndi.center_of_mass(lab == j)
-    r_metal = float(np.sqrt(sizes[j] / np.pi)) * px
+    cy, cx, r_metal_px = largest_metal_object(metal)
+    r_metal = r_metal_px * px
     r_far = max(hi for _lo, hi in bands)
     half = int(np.ceil((r_metal + r_far) / px)) + size
     y0, x0 = max(int(cy) - half, 0), max(int(cx) - half, 0)
@@ -282,7 +289,7 @@ def metal_ray_profiles(hu2d, pixel_mm: float, keep_mask, bands=STREAK_BANDS_MM, 
         m = ndi.map_coordinates(tissue.astype(np.float32), [yy, xx], order=0, mode="constant", cval=0.0) > 0.5
         n = m.sum(axis=1)
         profiles.append(np.where(n >= 3, (v * m).sum(axis=1) / np.maximum(n, 1), np.nan))
-    return {"cy": float(cy), "cx": float(cx), "r_metal_mm": r_metal, "theta": th, "profiles": profiles}
+    return {"cy": cy, "cx": cx, "r_metal_mm": r_metal, "profiles": profiles}
 
 @register_iqm(unit="HU", direction="lower_is_better",
               formula="MAI = sqrt(max(SD_art^2 - SD_ref^2, 0)); SD_art = SD of soft tissue (-100..200 HU) 5-40 mm from "

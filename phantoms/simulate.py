@@ -139,6 +139,13 @@ ARTIFACT_BITS = {"metal": 1, "beam_hardening": 2, "ring": 4, "motion": 8, "trunc
 ARTIFACT_THRESHOLD_HU = 5.0
 
 
+def probe_truth(region: str, seed: int, **pose) -> dict:
+    """The truth (landmark z positions, patient size, ...) of a seed's anatomy in a pose (shift_x, shift_y, yaw,
+    pitch, roll, arms_up) without simulating the scan: one noise-free 16-pixel slice. Used to place a scan range
+    relative to the true anatomy before simulating the scan itself."""
+    return simulate(region, seed, matrix=16, z_start=0.0, z_end=1.0, noise=False, **pose).truth
+
+
 def simulate(region: str = "head", seed: int = 0, *, mas: float | None = None, dose_fraction: float = 1.0,
              kernel: str = "smooth", shift_x: float = 0.0, shift_y: float = 0.0, yaw: float = 0.0, roll: float = 0.0,
              pitch: float = 0.0, z_start: float | None = None, z_end: float | None = None, matrix: int = 256,

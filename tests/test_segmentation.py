@@ -129,10 +129,11 @@ def test_classical_lungs_leave_bowel_gas_out(monkeypatch):
     lung: the case exercises the rule."""
     from detectors import classical as cl
     from phantoms import simulate
+    from phantoms.simulate import probe_truth
     from phantoms.tissues import NAME_TO_LABEL
 
     seed = 1
-    base = simulate("chest", seed, matrix=16, z_start=0.0, z_end=1.0, noise=False).truth["lung_base_z_mm"]
+    base = probe_truth("chest", seed)["lung_base_z_mm"]
     ph = simulate("chest", seed, matrix=256, slice_mm=5.0, z_start=base - 60.0, z_end=base + 120.0)
     gas = ph.labels == NAME_TO_LABEL["bowel_gas"]
     assert gas.sum() * np.prod(ph.scan.spacing) / 1000.0 >= 20.0  # >= 20 mL: survives the size rule
