@@ -176,14 +176,16 @@ def export(name: str, module, example: tuple, *, input_names: list[str], output_
     onnx.save(model, str(out))
     net = OnnxNet(out)
     ref = TorchFn(module)
-    diffs = []
+    diffs, mags = [], []
     for inputs in check_inputs or [example]:
         a, b = net(*inputs), ref(*inputs)
         diffs.append(max(float(np.max(np.abs(x - y))) if x.size else 0.0 for x, y in zip(a, b)))
+        mags.append(max(float(np.max(np.abs(y))) if y.size else 0.0 for y in b))
     entry = {"kind": f"ONNX export of '{name}' (opset {OPSET}), run with onnxruntime at assessment time",
              "source": name, "source_sha256": source.get("sha256"), "version": f"{source.get('version', name)}-onnx",
              "inputs": input_names, "outputs": output_names, "meta": meta or {},
-             "onnxruntime_vs_torch_max_abs_diff": max(diffs), "n_check_inputs": len(diffs),
+             "onnxruntime_vs_torch_max_abs_diff": max(diffs), "torch_max_abs_output": max(mags),
+             "n_check_inputs": len(diffs),
              "fp16_weights": bool(fp16_weights), "command": "qc export-onnx", "torch": torch.__version__, "onnx": onnx.__version__, "note": note}
     full = weights.register(onnx_name(name), out, entry, man)
     _load.cache_clear()

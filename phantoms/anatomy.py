@@ -225,6 +225,42 @@ def abdominal_gas(rng: np.random.Generator, shape: ChestShape) -> tuple:
     return tuple(out)
 
 
+def patient_table(grid: Grid, body: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """HU image of the patient table under a supine patient (NaN where there is none): a foam mattress the back
+    sinks into, on a curved carbon-fibre sandwich top (two thin shells around a foam core), the same on every slice.
+    Not anatomy: its voxels keep label 0 (air, outside the patient) in the phantom's labels, so a segmenter trained on
+    these scans learns that the table and the air pockets in and around the mattress are outside the body.
+
+    Geometry (mm, scanner frame, y posterior): the top's upper surface is ``y_top(x) = y0 - (x - xc)^2 / 2R`` with
+    R 500-1500 mm; the mattress (30-60 mm, -900..-600 HU: polyurethane foam with its cover) lies on it, the back sunk
+    5-20 mm into it; the top is two 2-4 mm shells of 100-400 HU (carbon fibre, partial-volumed) around a 10-30 mm foam
+    core (-980..-900 HU). Values are drawn from ``rng``. Why: on the shared real abdomen CT the chest network, which
+    had never seen a table, called the air layers of the mattress "lung" (946 voxels in one component)."""
+    xs = grid.xy
+    rows = np.nonzero(body.any(axis=(0, 2)))[0]
+    out = np.full(body.shape, np.nan, dtype=np.float32)
+    if rows.size == 0:
+        return out
+    y_back = float(xs[rows[-1]]) + 0.5 * grid.pixel_mm
+    pad_t, sink = float(rng.uniform(30, 60)), float(rng.uniform(5, 20))
+    pad_hu, shell_hu, core_hu = float(rng.uniform(-900, -600)), float(rng.uniform(100, 400)), float(rng.uniform(-980, -900))
+    shell_t, core_t = float(rng.uniform(2, 4)), float(rng.uniform(10, 30))
+    radius, xc = float(rng.uniform(500, 1500)), float(rng.uniform(-10, 10))
+    half_w_pad, half_w_top = float(rng.uniform(200, 240)), float(rng.uniform(220, 260))
+    X, Y = np.meshgrid(xs, xs)  # [y, x]
+    y_top = y_back + pad_t - sink - (X - xc) ** 2 / (2.0 * radius)
+    d = Y - y_top  # > 0 below the top's upper surface
+    plane = np.full(X.shape, np.nan, dtype=np.float32)
+    plane[(d >= -pad_t) & (d < 0) & (np.abs(X - xc) < half_w_pad)] = pad_hu
+    top = np.abs(X - xc) < half_w_top
+    plane[top & (d >= 0) & (d < shell_t)] = shell_hu
+    plane[top & (d >= shell_t) & (d < shell_t + core_t)] = core_hu
+    plane[top & (d >= shell_t + core_t) & (d < 2 * shell_t + core_t)] = shell_hu
+    out[:] = plane
+    out[body] = np.nan  # the patient lies on, not in, the mattress
+    return out
+
+
 def chest_labels(grid: Grid, shape: ChestShape, center, rot) -> np.ndarray:
     s = shape
     a, b = s.half_width, s.half_depth

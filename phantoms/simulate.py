@@ -151,7 +151,7 @@ def simulate(region: str = "head", seed: int = 0, *, mas: float | None = None, d
              pitch: float = 0.0, z_start: float | None = None, z_end: float | None = None, matrix: int = 256,
              slice_mm: float | None = None, kvp: float = 120.0, window: tuple[float, float] | None = None,
              arms_up: bool | None = None, noise: bool = True, mode: str = "image",
-             artifacts: dict[str, float] | None = None) -> Phantom:
+             artifacts: dict[str, float] | None = None, table: bool = False) -> Phantom:
     """Simulate one scan. Positions in mm (scanner frame: x left, y posterior, z superior, isocentre at
     x = y = 0); the head centre / carina sits at z = 0. Defaults cover the region fully with a margin.
 
@@ -159,6 +159,8 @@ def simulate(region: str = "head", seed: int = 0, *, mas: float | None = None, d
     projection model as noise-free difference images) or 'projection' (every slice forward projected,
     Poisson noise, FBP). dose_fraction scales the effective mAs (Noise2Quality-style dose levels).
     artifacts: {name: severity 0-1}, names in :data:`phantoms.projection.ARTIFACTS`.
+    table: the patient table and mattress under the patient (:func:`phantoms.anatomy.patient_table`, drawn from its
+    own random stream; label 0, outside the body). Off by default: the IQM ground truth was calibrated without it.
     """
     from scipy import ndimage as ndi
 
@@ -232,6 +234,11 @@ def simulate(region: str = "head", seed: int = 0, *, mas: float | None = None, d
     psf_mm, window_fn, kernel_name = KERNELS[kernel]
     ideal = hu_lookup()[labels]
     body = _body_from_labels(labels)
+    if table:
+        tab = anatomy.patient_table(grid, body, np.random.default_rng([seed, 6151]))
+        has = ~np.isnan(tab)
+        ideal[has] = tab[has]
+        truth["table"] = True
     wed = water_equivalent_diameter(ideal, body, grid.pixel_mm**2)
     wed_mean = float(wed[wed > 0].mean()) if (wed > 0).any() else 0.0
     noise_rng = np.random.default_rng([seed, 7919])  # separate stream: same noise draws with/without artifacts

@@ -172,3 +172,29 @@ def test_abdominal_gas_lies_below_the_diaphragm_and_apart_from_the_lungs():
         assert gap >= GAS_LUNG_GAP_MM, (seed, gap)
         assert np.median(ph.noise_free[gas]) < -950, seed
     assert n_with >= 4
+
+
+def test_patient_table_lies_under_the_patient_outside_the_body():
+    """The table (phantoms.anatomy.patient_table) is only in the image: labels are unchanged (label 0 = outside the
+    patient), the body's pixels keep their HU, and the table's pixels lie under (posterior to) the body, with the
+    mattress (-900..-600 HU) touching the back and the carbon-fibre shells (100..400 HU) further down. Its own random
+    stream leaves the rest of the seed as it was."""
+    from phantoms.simulate import _body_from_labels
+
+    for seed in (2, 3):
+        plain = simulate("chest", seed=seed, matrix=128, slice_mm=5.0, noise=False)
+        tab = simulate("chest", seed=seed, matrix=128, slice_mm=5.0, noise=False, table=True)
+        assert np.array_equal(plain.labels, tab.labels)
+        assert tab.truth["table"] is True and "table" not in plain.truth
+        body = _body_from_labels(tab.labels)
+        changed = np.abs(tab.noise_free - plain.noise_free) > 50  # the table, blurred by the kernel's PSF
+        assert changed.any()
+        assert not (changed & ndi.binary_erosion(body, iterations=2)).any(), seed
+        k = tab.labels.shape[0] // 2
+        rows_body = np.nonzero(body[k].any(axis=1))[0]
+        rows_tab = np.nonzero(changed[k].any(axis=1))[0]
+        assert rows_tab.max() > rows_body.max() + 5, seed      # extends well below the back (y posterior = rows down)
+        col = tab.labels.shape[2] // 2
+        below = tab.noise_free[k, rows_body.max() + 2 :, col]
+        assert (below > 50).any(), seed                        # a carbon-fibre shell under the patient
+        assert ((below > -900) & (below < -500)).sum() >= 2, seed  # mattress foam between back and shell

@@ -41,7 +41,13 @@ def test_onnx_export_is_listed_verified_and_current(name, manifest):
     # fp16 (as its safetensors), but batch norm is folded into the convolutions at export and the folded weights
     # are rounded again: ~1e-2 in raw logits of magnitude ~10 (relative 1e-3). What that does to the outputs that
     # matter (landmark z, confidences) is bounded in test_yolo_onnx_equals_torch.
-    assert e["onnxruntime_vs_torch_max_abs_diff"] <= (5e-2 if e["fp16_weights"] else 1e-4)
+    # float32: rounding relative to the largest output on the check inputs (random inputs: the chest segmenter's
+    # logits reach ~150 there), at most 32 float32 epsilons (3.8e-6); measured 1e-8..9e-7.
+    if e["fp16_weights"]:
+        assert e["onnxruntime_vs_torch_max_abs_diff"] <= 5e-2
+    else:
+        scale = max(1.0, e["torch_max_abs_output"])
+        assert e["onnxruntime_vs_torch_max_abs_diff"] <= 32 * np.finfo(np.float32).eps * scale
 
 
 def test_tampered_or_stale_export_is_refused(tmp_path, manifest):

@@ -143,3 +143,36 @@ def test_classical_lungs_leave_bowel_gas_out(monkeypatch):
     assert seg.dice(got, truth) >= 0.96
     monkeypatch.setattr(cl, "LUNG_MEDIAN_MIN_HU", -np.inf)
     assert (cl.segment(ph.scan.hu, ph.scan.spacing, ph.scan.fov)["lung_mask"] & gas).sum() >= 0.5 * gas.sum()
+
+
+def test_lung_regions_grow_into_adjoining_air_and_drop_gas_and_crumbs():
+    """seg._lung_regions on a hand-made block grid with known truth (4 mm blocks, one slice of 40 x 60 blocks
+    repeated over 12 z-blocks): a lung (-850 HU) the network labelled only partly (its thin lower rim left as body,
+    as the network does with lung-base crescents); a separate pocket of gas (-1000 HU) the network called lung; and
+    a 2-block crumb of lung-like air (-800 HU) in soft tissue the network called lung. After the rule: the whole lung
+    (rim included, not beyond its air) is lung, gas and crumb are body, nothing outside the patient is touched."""
+    names = seg.REGION_CLASSES["chest"]
+    lung_id, body_id = names.index("lungs"), names.index("body")
+    nz, ny, nx = 12, 40, 60
+    block = np.full((nz, ny, nx), 40.0, dtype=np.float32)
+    block[:, :3] = block[:, -3:] = -1000.0                       # outside air above/below the patient
+    lung = np.zeros((nz, ny, nx), dtype=bool)
+    lung[:, 8:24, 6:26] = True                                   # the lung's air, 16 x 20 blocks
+    block[lung] = -850.0
+    gas = np.zeros_like(lung)
+    gas[:, 10:20, 40:52] = True
+    block[gas] = -1000.0
+    crumb = np.zeros_like(lung)
+    crumb[5, 30, 30:32] = True
+    block[crumb] = -800.0
+    labels = np.full((nz, ny, nx), body_id, dtype=np.uint8)
+    labels[:, :3] = labels[:, -3:] = names.index("background")
+    labels[:, 8:21, 6:26] = lung_id                              # network lungs: the rim rows 21-23 missed
+    labels[gas | crumb] = lung_id
+    grid = seg.CoarseGrid.make((nz, ny, nx), (4.0, 4.0, 4.0), 4.0)
+    enclosed = seg._enclosed_blocks(block)
+    seg._lung_regions(labels, block, enclosed, grid, (4.0, 4.0, 4.0))
+    got = labels == lung_id
+    assert np.array_equal(got, lung)                             # rim recovered, nothing beyond the lung's air
+    assert (labels[gas | crumb] == body_id).all()
+    assert (labels[:, :3] == names.index("background")).all()
