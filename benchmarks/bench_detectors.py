@@ -9,8 +9,8 @@ Run: python benchmarks/bench_detectors.py [--slices 300] [--repeat 3] [--keep DI
 2. Imports onnxruntime and opens the ONNX sessions the chest needs (cold start, once per process).
 3. Times each detector as the pipeline calls it, model loaded, best of ``--repeat`` (wall and CPU seconds of this
    process; the machine is shared, so CPU seconds / 2 cores is the floor of the wall time): body region, MONAI
-   segmentation (``compute_masks(scan, 'monai', 'auto')``: region on a 3 mm grid, network on the 4 mm grid,
-   full-resolution HU refinement), YOLO landmarks, YOLO artifacts, Chest CT-IQA, TFKT, Noise2Quality, and the
+   segmentation (``compute_masks(scan, 'monai', 'auto', outputs=mask_inputs())`` as assess calls it: region and
+   network on the same 4 mm grid, full-resolution HU refinement of the masks the IQMs read), YOLO landmarks, YOLO artifacts, Chest CT-IQA, TFKT, Noise2Quality, and the
    whole of ``network_outputs`` (everything after the masks).
 4. Prints the sum, the detectors one after another (masks + region + ``network_outputs``), and a whole warm
    ``qc.pipeline.assess`` (the networks run in a second thread while the IQMs are computed), their ratios to the
@@ -81,10 +81,12 @@ def main() -> None:
           f"process); ONNX Runtime intra-op threads {os.environ.get('QC_ONNX_THREADS', '2')}")
 
     from detectors.region import decide as decide_region
-    from qc.pipeline import compute_masks, network_outputs
+    from qc.pipeline import compute_masks, mask_inputs, network_outputs
 
     rows = []
-    w, c, masks = _timed(lambda: compute_masks(scan, "monai", "auto"), args.repeat)
+    # the masks assessment builds (mask_inputs(): body, lungs, brain); the chest network's other masks (trachea,
+    # mediastinum, aorta, spine, arms, metal) are built only on request: 0.8-1.6 s more on a busy machine
+    w, c, masks = _timed(lambda: compute_masks(scan, "monai", "auto", outputs=mask_inputs()), args.repeat)
     rows.append(("MONAI segmentation (region auto)", w, c))
     w, c, _ = _timed(lambda: decide_region(scan.hu, scan.spacing, masks["body_mask"], masks["lung_mask"],
                                            masks["intracranial_mask"]), args.repeat)

@@ -89,15 +89,16 @@ def resolve_segmenter(segmenter: str, scan: Scan | None = None) -> str:
 
 
 def compute_masks(scan: Scan, segmenter: str = "classical", region: str = "auto",
-                  outputs=None) -> dict[str, np.ndarray]:
+                  outputs=None, coarse=None) -> dict[str, np.ndarray]:
     """Anatomy masks. ``classical`` (default): HU thresholds + morphology (detectors/classical.py).
     ``monai``: the shipped network of the region (detectors/segmentation.py); with region 'auto' the region is
-    first decided on classical masks of a 3 mm coarse grid, and a scan that is neither head nor chest gets the
+    first decided on classical masks of a 4 mm coarse grid, and a scan that is neither head nor chest gets the
     classical masks. ``nnunet:MODEL_DIR``: a user's trained nnU-Net v2 model folder, labels mapped by name
     (detectors/nnunet_backend.py). ``totalsegmentator``: TotalSegmentator's models when already on disk
     (detectors/totalseg_backend.py; never downloaded). For the last two, body / lung / brain masks the model does
     not provide are the classical ones. ``outputs``: the network masks to build (default all; body, lungs and
-    brain are always built)."""
+    brain are always built). ``coarse``: the chest block grid of :func:`detectors.segmentation.coarse_block` when
+    the caller already has it (``monai`` reuses it instead of averaging the volume again)."""
     from detectors import classical
 
     kind, model_dir = parse_segmenter(resolve_segmenter(segmenter, scan))
@@ -114,10 +115,12 @@ def compute_masks(scan: Scan, segmenter: str = "classical", region: str = "auto"
     from detectors import segmentation
 
     if region == "auto":
-        region = segmentation.decide_region(scan.hu, scan.spacing, scan.fov).region
+        if coarse is None:
+            coarse = segmentation.coarse_block(scan.hu, scan.spacing, "chest", scan.fov)
+        region = segmentation.decide_region(scan.hu, scan.spacing, scan.fov, coarse=coarse).region
     if region not in ("head", "chest"):  # no network for it
         return classical.segment(scan.hu, scan.spacing, scan.fov)
-    return segmentation.segment(scan.hu, scan.spacing, region, scan.fov, outputs=outputs)
+    return segmentation.segment(scan.hu, scan.spacing, region, scan.fov, outputs=outputs, coarse=coarse)
 
 
 def mask_inputs() -> set[str]:
@@ -326,12 +329,13 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
 
     t = time.perf_counter()
     segmenter = resolve_segmenter(segmenter, scan)
-    seg_region = region
+    seg_region, coarse = region, None
     if segmenter == "monai" and region == "auto":  # what compute_masks would decide, decided once here
         from detectors import segmentation
 
-        seg_region = segmentation.decide_region(scan.hu, scan.spacing, scan.fov).region
-    masks = compute_masks(scan, segmenter, seg_region, outputs=mask_inputs())
+        coarse = segmentation.coarse_block(scan.hu, scan.spacing, "chest", scan.fov)  # reused by a chest's network
+        seg_region = segmentation.decide_region(scan.hu, scan.spacing, scan.fov, coarse=coarse).region
+    masks = compute_masks(scan, segmenter, seg_region, outputs=mask_inputs(), coarse=coarse)
     # The learned networks read only the image: they run in a second thread while the IQMs are computed (numpy,
     # scipy and ONNX Runtime release the GIL; assessment has 2 cores). Not alongside the segmentation network: the
     # two transient peaks together broke the memory budget (4.03x int16; benchmarks/bench_memory.py).
@@ -346,7 +350,7 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
         region = decision.region
     else:
         if segmenter == "monai":
-            # the forced region's own network cannot contradict it: ask the classical 3 mm heuristic instead
+            # the forced region's own network cannot contradict it: ask the classical 4 mm heuristic instead
             from detectors import segmentation
 
             decision = segmentation.decide_region(scan.hu, scan.spacing, scan.fov)

@@ -176,3 +176,23 @@ def test_lung_regions_grow_into_adjoining_air_and_drop_gas_and_crumbs():
     assert np.array_equal(got, lung)                             # rim recovered, nothing beyond the lung's air
     assert (labels[gas | crumb] == body_id).all()
     assert (labels[:, :3] == names.index("background")).all()
+
+
+def test_region_decision_shares_the_chest_block_grid():
+    """compute_masks(region auto) decides the region on the chest network's 4 mm block grid and hands the same block
+    means to the chest segmentation: the masks equal a direct chest segmentation, and the decision equals the one
+    computed from scratch (the shared real scans' decisions are checked in test_region.py / test_pipeline.py)."""
+    from phantoms import simulate
+    from qc.pipeline import compute_masks, mask_inputs
+
+    ph = simulate("chest", 4, matrix=128, slice_mm=5.0)
+    scan = ph.scan
+    coarse = seg.coarse_block(scan.hu, scan.spacing, "chest", scan.fov)
+    d1 = seg.decide_region(scan.hu, scan.spacing, scan.fov, coarse=coarse)
+    d0 = seg.decide_region(scan.hu, scan.spacing, scan.fov)
+    assert d1.region == d0.region == "chest"
+    auto = compute_masks(scan, "monai", "auto", outputs=mask_inputs())
+    direct = seg.segment(scan.hu, scan.spacing, "chest", scan.fov, outputs=mask_inputs())
+    assert set(auto) == set(direct)
+    assert all(np.array_equal(auto[k], direct[k]) for k in auto)
+    assert seg.dice(auto["lung_mask"], seg.truth_masks(ph.labels, "chest")["lung_mask"]) >= 0.9
