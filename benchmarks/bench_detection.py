@@ -1,12 +1,13 @@
 """Benchmark: YOLO landmark and artifact detection (detectors/yolo_detect.py) — accuracy and speed in one run.
 
 Run: python benchmarks/bench_detection.py [--n-landmark 20] [--n-artifact 10] [--slices 300] [--workers 1]
-     [--skip-accuracy | --skip-landmarks]
+     [--skip-accuracy | --skip-landmarks] [--skip-speed] [--artifact-seeds 360000,370000]
 
 1. Landmarks: held-out simulated volumes per region (``landmark_item(heldout=True)``: matrix 128-512, slice
    1.25/2.5/3/5 mm, random pose, table shift and scan range; seeds 340,000 + i (head) / 350,000 + i (chest), used
    neither for training nor for the manifest's metrics): per-landmark |z_detected - z_true| MAE, median, max (mm).
-2. Artifacts: held-out scans (2 slices of 2.5 mm, 128 matrix, severity 0.5; seeds 360,000+ / 370,000+):
+2. Artifacts: held-out scans (2 slices of 2.5 mm, 128 matrix, severity 0.5; seeds 360,000+ / 370,000+, or
+   ``--artifact-seeds HEAD,CHEST``):
    ROC AUC of the YOLO per-scan score (max box confidence over the slices) and of the explicit IQM of
    metrics/artifacts.py (streak_index_hu, motion_index_hu, ring_index_hu) on the same scans. Negatives: scans without
    artifacts, plus streak-free metal for 'metal'.
@@ -38,19 +39,19 @@ def landmarks(n: int, workers: int) -> None:
                   f"{m['min_confidence']:8.3f}")
 
 
-def artifacts(n: int, workers: int) -> None:
+def artifacts(n: int, workers: int, seeds=(360_000, 370_000)) -> None:
     from detectors import yolo_detect as yd
 
-    net = yd.shipped_model("artifacts")
-    if net is None:
-        print("[artifacts] shipped weights missing (qc train det --region artifacts)")
+    net = [n for n in (yd.shipped_model(m) for m in yd.ARTIFACT_MODELS) if n is not None]  # the ensemble
+    if len(net) < len(yd.ARTIFACT_MODELS):
+        print("[artifacts] shipped weights missing (qc train det --region artifacts / artifacts_b)")
         return
-    for region, s0 in (("head", 360_000), ("chest", 370_000)):
+    for region, s0 in zip(("head", "chest"), seeds):
         t0 = time.perf_counter()
         cases = yd.artifact_heldout_cases(region, n, seed0=s0, workers=workers)
         t_sim = time.perf_counter() - t0
         r = yd.evaluate_artifacts(net, cases)
-        print(f"\n[{region}] artifact detection, {len(cases)} held-out scans ({n} per kind: "
+        print(f"\n[{region}] artifact detection, {len(cases)} held-out scans (seeds {s0}+, {n} per kind: "
               f"{', '.join(yd.ART_KINDS)}; simulated in {t_sim:.0f}s); YOLO {1000 * r['network_s_per_scan']:.0f} ms/scan")
         print(f"  {'artifact':8s} {'n+':>3s} {'n-':>3s} {'YOLO AUC':>9s}  explicit IQM (AUC)")
         for a, m in r["artifacts"].items():
@@ -64,8 +65,8 @@ def speed(slices: int) -> None:
     from detectors import yolo_detect as yd
     from phantoms import simulate
 
-    net, art = yd.shipped_model("chest"), yd.shipped_model("artifacts")
-    if net is None or art is None:
+    net, art = yd.shipped_model("chest"), [yd.shipped_model(m) for m in yd.ARTIFACT_MODELS]
+    if net is None or any(a is None for a in art):
         return
     t0 = time.perf_counter()
     ph = simulate("chest", seed=0, matrix=512, slice_mm=1.0, z_start=80.0 - slices + 1, z_end=80.0, artifacts=None)
@@ -98,12 +99,16 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-landmarks", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--artifact-seeds", default="360000,370000",
+                    help="first seed of the head and the chest artifact scans (another held-out set: e.g. 460000,470000)")
     a = ap.parse_args()
     if not (a.skip_accuracy or a.skip_landmarks):
         landmarks(a.n_landmark, a.workers)
     if not a.skip_accuracy:
-        artifacts(a.n_artifact, a.workers)
-    speed(a.slices)
+        artifacts(a.n_artifact, a.workers, tuple(int(v) for v in a.artifact_seeds.split(",")))
+    if not a.skip_speed:
+        speed(a.slices)
 
 
 if __name__ == "__main__":

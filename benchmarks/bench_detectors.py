@@ -10,8 +10,9 @@ Run: python benchmarks/bench_detectors.py [--slices 300] [--repeat 3] [--keep DI
 3. Times each detector as the pipeline calls it, model loaded, best of ``--repeat`` (wall and CPU seconds of this
    process; the machine is shared, so CPU seconds / 2 cores is the floor of the wall time): body region, MONAI
    segmentation (``compute_masks(scan, 'monai', 'auto', outputs=mask_inputs())`` as assess calls it: region and
-   network on the same 4 mm grid, full-resolution HU refinement of the masks the IQMs read), YOLO landmarks, YOLO artifacts, Chest CT-IQA, TFKT, Noise2Quality, and the
-   whole of ``network_outputs`` (everything after the masks).
+   network on the same 4 mm grid, full-resolution HU refinement of the masks the IQMs read), YOLO landmarks, YOLO
+   artifacts (the two-model ensemble), Chest CT-IQA, TFKT, Noise2Quality, and the whole of ``network_outputs``
+   (everything after the masks).
 4. Prints the sum, the detectors one after another (masks + region + ``network_outputs``), and a whole warm
    ``qc.pipeline.assess`` (the networks run in a second thread while the IQMs are computed), their ratios to the
    load time, whether torch was imported (it must not be), and ONNX Runtime's thread setting.
@@ -71,14 +72,14 @@ def main() -> None:
     import_s = time.perf_counter() - t
     t = time.perf_counter()
     seg_net = segmentation.default_model("chest")
-    lm_net, art_net = yd.default_model("chest"), yd.default_model("artifacts")
+    lm_net, art_net = yd.default_model("chest"), yd.artifact_ensemble()
     iqa, tf, n2q = (runtime.default_model(m.WEIGHTS_NAME, m.shipped_model) for m in (chest_iqa, tfkt, noise2quality))
     open_s = time.perf_counter() - t
-    nets = [seg_net, lm_net, art_net, iqa, tf, n2q]
+    nets = [seg_net, lm_net, *art_net, iqa, tf, n2q]
     if not all(isinstance(n, runtime.OnnxNet) for n in nets):
         print("WARNING: not every detector runs from its ONNX export:", [type(n).__name__ for n in nets])
-    print(f"onnxruntime import + detectors modules {import_s:.2f} s; open 6 ONNX sessions {open_s:.2f} s (once per "
-          f"process); ONNX Runtime intra-op threads {os.environ.get('QC_ONNX_THREADS', '2')}")
+    print(f"onnxruntime import + detectors modules {import_s:.2f} s; open {len(nets)} ONNX sessions {open_s:.2f} s "
+          f"(once per process); ONNX Runtime intra-op threads {os.environ.get('QC_ONNX_THREADS', '2')}")
 
     from detectors.region import decide as decide_region
     from qc.pipeline import compute_masks, mask_inputs, network_outputs

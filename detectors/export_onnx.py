@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 #: the exportable shipped networks, in the order they are exported
-NAMES = ("seg_head", "seg_chest", "yolo_head", "yolo_chest", "yolo_artifacts", "chest_iqa", "noise2quality", "tfkt")
+NAMES = ("seg_head", "seg_chest", "yolo_head", "yolo_chest", "yolo_artifacts", "yolo_artifacts_b", "chest_iqa",
+         "noise2quality", "tfkt")
 
 
 def _seg(name: str, manifest: Path | None):
@@ -85,6 +86,7 @@ def _tfkt(name: str, manifest: Path | None):
 
 
 _BUILDERS = {"seg_head": _seg, "seg_chest": _seg, "yolo_head": _yolo, "yolo_chest": _yolo, "yolo_artifacts": _yolo,
+             "yolo_artifacts_b": _yolo,
              "chest_iqa": _chest_iqa, "noise2quality": _n2q, "tfkt": _tfkt}
 
 

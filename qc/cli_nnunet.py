@@ -49,7 +49,7 @@ def export_nnunet(
 @input_errors_exit_2
 def export_onnx(
     names: Optional[list[str]] = typer.Argument(None, help="Networks to export (default: all shipped ones: seg_head, "
-                                                "seg_chest, yolo_head, yolo_chest, yolo_artifacts, chest_iqa, "
+                                                "seg_chest, yolo_head, yolo_chest, yolo_artifacts(_b), chest_iqa, "
                                                 "noise2quality, tfkt)."),
 ):
     """Export the shipped torch networks to ONNX (run after `qc train ...`): checked against torch, sha256-listed."""

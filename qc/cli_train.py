@@ -181,7 +181,9 @@ def train_n2q(
 @train_app.command("det")
 def train_det(
     region: str = typer.Option(..., "--region",
-                               help="head or chest (landmarks), or artifacts (axial slices of both regions)."),
+                               help="head or chest (landmarks), or artifacts / artifacts_b (axial slices of both "
+                                    "regions: the two members of the artifact ensemble; train them with different "
+                                    "--seed)."),
     n_train: Optional[int] = typer.Option(None, "--n-train", min=1, help="Simulated volumes (landmarks, default "
                                           "160) or slices per region (artifacts, default 120)."),
     epochs: int = typer.Option(20, "--epochs", min=1, help="Passes over the training images."),
@@ -199,7 +201,7 @@ def train_det(
     from qc.errors import QCInputError
 
     if region not in yolo_detect.MODELS:
-        raise typer.BadParameter("--region must be head, chest or artifacts")
+        raise typer.BadParameter(f"--region must be one of {', '.join(yolo_detect.MODELS)}")
     try:
         entry = yolo_detect.train_and_save(region, n_train=n_train, epochs=epochs, batch=batch, seed=seed,
                                            n_heldout=n_heldout, max_minutes=max_minutes, out_dir=out, cache=cache,

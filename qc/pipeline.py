@@ -200,14 +200,13 @@ def detector_outputs(scan: Scan, region: str) -> tuple[dict, dict[str, str]]:
                 out[key] = top - lm["z_mm"] if edge == "top" else lm["z_mm"] - bottom
         out["yolo_landmarks"] = found
         versions[name] = _model_version(name, net)
-    net = yd.default_model("artifacts")
-    name = yd.WEIGHTS_NAME.format(model="artifacts")
-    if net is None:
-        versions[name] = "not available (weights missing or not verified)"
-    else:
-        art = yd.detect_artifacts(scan.hu, scan.spacing[2], net=net)
+    members = [(yd.WEIGHTS_NAME.format(model=m), yd.default_model(m)) for m in yd.ARTIFACT_MODELS]
+    for name, net in members:
+        versions[name] = "not available (weights missing or not verified)" if net is None else _model_version(name, net)
+    nets = [net for _name, net in members if net is not None]
+    if nets:  # the ensemble's mean score (yolo_detect.ARTIFACT_MODELS); a missing member is named in versions
+        art = yd.detect_artifacts(scan.hu, scan.spacing[2], net=nets)
         out.update({f"yolo_{'metal_streak' if a == 'metal' else a}_score": v["score"] for a, v in art.items()})
-        versions[name] = _model_version(name, net)
     return out, versions
 
 

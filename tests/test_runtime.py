@@ -22,7 +22,8 @@ import pytest
 
 from detectors import runtime, weights
 
-NAMES = ("seg_head", "seg_chest", "yolo_head", "yolo_chest", "yolo_artifacts", "chest_iqa", "noise2quality", "tfkt")
+NAMES = ("seg_head", "seg_chest", "yolo_head", "yolo_chest", "yolo_artifacts", "yolo_artifacts_b", "chest_iqa",
+         "noise2quality", "tfkt")
 MARGIN_MM = 3.0  # landmark margin IQM vs the phantom's truth (the landmark z MAE target of issue 6)
 
 
@@ -37,17 +38,15 @@ def test_onnx_export_is_listed_verified_and_current(name, manifest):
     assert e["source_sha256"] == manifest[name]["sha256"], "stale export: run `qc export-onnx`"
     net = runtime.shipped_onnx(name)
     assert isinstance(net, runtime.OnnxNet)
-    # recorded at export on the check inputs: float32 weights agree to float rounding. YOLO's weights are stored in
-    # fp16 (as its safetensors), but batch norm is folded into the convolutions at export and the folded weights
-    # are rounded again: ~1e-2 in raw logits of magnitude ~10 (relative 1e-3). What that does to the outputs that
-    # matter (landmark z, confidences) is bounded in test_yolo_onnx_equals_torch.
-    # float32: rounding relative to the largest output on the check inputs (random inputs: the chest segmenter's
-    # logits reach ~150 there), at most 32 float32 epsilons (3.8e-6); measured 1e-8..9e-7.
-    if e["fp16_weights"]:
-        assert e["onnxruntime_vs_torch_max_abs_diff"] <= 5e-2
-    else:
-        scale = max(1.0, e["torch_max_abs_output"])
-        assert e["onnxruntime_vs_torch_max_abs_diff"] <= 32 * np.finfo(np.float32).eps * scale
+    # recorded at export on the check inputs, relative to the largest raw output there (random inputs: the chest
+    # segmenter's logits reach ~150, YOLO's raw box outputs ~25). float32 weights agree to float rounding: at most 32
+    # float32 epsilons (3.8e-6; measured 1e-8..9e-7). YOLO's weights are stored in fp16 (as its safetensors), but batch
+    # norm is folded into the convolutions at export and the folded weights are rounded again: at most 5e-3 (~5 fp16
+    # epsilons; measured 6e-4..3.8e-3). What that does to the outputs that matter (landmark z, confidences, artifact
+    # scores) is bounded in test_yolo_onnx_equals_torch.
+    scale = max(1.0, e["torch_max_abs_output"])
+    rel = 5e-3 if e["fp16_weights"] else 32 * np.finfo(np.float32).eps
+    assert e["onnxruntime_vs_torch_max_abs_diff"] <= rel * scale
 
 
 def test_tampered_or_stale_export_is_refused(tmp_path, manifest):
@@ -187,8 +186,13 @@ def test_yolo_onnx_equals_torch(region, scans):
             continue
         assert a[k]["z_mm"] == pytest.approx(b[k]["z_mm"], abs=0.5), k  # pixels are 1-2 mm
         assert a[k]["confidence"] == pytest.approx(b[k]["confidence"], abs=0.02), k
-    a = yd.detect_artifacts(s.hu, s.spacing[2], net=runtime.shipped_onnx("yolo_artifacts"))
-    b = yd.detect_artifacts(s.hu, s.spacing[2], net=yd.shipped_model("artifacts"))
+    for m in yd.ARTIFACT_MODELS:  # each member of the artifact ensemble, and the ensemble as assess runs it
+        a = yd.detect_artifacts(s.hu, s.spacing[2], net=runtime.shipped_onnx(f"yolo_{m}"))
+        b = yd.detect_artifacts(s.hu, s.spacing[2], net=yd.shipped_model(m))
+        for k in a:
+            assert a[k]["score"] == pytest.approx(b[k]["score"], abs=0.02), (m, k)
+    a = yd.detect_artifacts(s.hu, s.spacing[2])
+    b = yd.detect_artifacts(s.hu, s.spacing[2], net=[yd.shipped_model(m) for m in yd.ARTIFACT_MODELS])
     for k in a:
         assert a[k]["score"] == pytest.approx(b[k]["score"], abs=0.02), k
 
