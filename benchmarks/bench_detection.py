@@ -101,7 +101,8 @@ def main() -> None:
     ap.add_argument("--skip-landmarks", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--artifact-seeds", default="360000,370000",
-                    help="first seed of the head and the chest artifact scans (another held-out set: e.g. 460000,470000)")
+                    help="first seed of the head and the chest artifact scans (another held-out set: e.g. "
+                         "460000,470000)")
     a = ap.parse_args()
     if not (a.skip_accuracy or a.skip_landmarks):
         landmarks(a.n_landmark, a.workers)
