@@ -163,9 +163,10 @@ _YOLO_LM = ("YOLO (yolo11n architecture, width 0.125, trained on simulated scans
             "region's projection image (head sagittal at 1 mm/px, chest coronal at 2 mm/px: DRR, MIP and mean HU "
             "channels); a landmark's z = its most confident box's centre row; not measured when its confidence < "
             "0.25 (the landmark is probably outside the scan)")
-_YOLO_ART = ("max over <= 24 evenly spaced axial slices (plus every slice with metal > 2500 HU) of the YOLO box "
-             "confidence of the class (yolo11n architecture, width 0.125, trained on the simulator's projection-model "
-             "artifacts: detectors/yolo_detect.py); input channels: window -500..700 HU, the polar ring residual, "
+_YOLO_ART = ("mean over the two models of the artifact ensemble of the max over <= 24 evenly spaced axial slices "
+             "(plus every slice with metal > 2500 HU) of the YOLO box confidence of the class (yolo11n architecture, "
+             "width 0.125, trained on the simulator's projection-model artifacts: detectors/yolo_detect.py); input "
+             "channels: window -500..700 HU, the polar ring residual's z-score plus the metal streak coherence, "
              "air window")
 
 
