@@ -550,12 +550,12 @@ def segment(hu: np.ndarray, spacing, region: str, fov: np.ndarray | None = None,
         grid, block = coarse
     else:
         grid, block = coarse_block(hu, spacing, region, fov)
-    coarse = grid.to_target(np.clip(block, -1024.0, 3071.0))
+    target_hu = grid.to_target(np.clip(block, -1024.0, 3071.0))
     if not isinstance(net, (OnnxNet, TorchFn)):  # a torch module (training, evaluation)
         import torch
 
         torch.set_num_threads(min(2, torch.get_num_threads()))
-    labels_b = _argmax_channels(grid.to_block(predict_probs(net, coarse)))
+    labels_b = _argmax_channels(grid.to_block(predict_probs(net, target_hu)))
     enclosed = _enclosed_blocks(block)
     if region == "chest":
         _lung_regions(labels_b, block, enclosed, grid, spacing)
