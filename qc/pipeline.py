@@ -329,11 +329,14 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
     t = time.perf_counter()
     segmenter = resolve_segmenter(segmenter, scan)
     seg_region, coarse = region, None
-    if segmenter == "monai" and region == "auto":  # what compute_masks would decide, decided once here
+    if segmenter == "monai":
         from detectors import segmentation
 
-        coarse = segmentation.coarse_block(scan.hu, scan.spacing, "chest", scan.fov)  # reused by a chest's network
-        seg_region = segmentation.decide_region(scan.hu, scan.spacing, scan.fov, coarse=coarse).region
+        # the chest block grid: the 4 mm region heuristic reads it (auto, or the check of a forced region below)
+        # and a chest's network reuses it
+        coarse = segmentation.coarse_block(scan.hu, scan.spacing, "chest", scan.fov)
+        if region == "auto":  # what compute_masks would decide, decided once here
+            seg_region = segmentation.decide_region(scan.hu, scan.spacing, scan.fov, coarse=coarse).region
     masks = compute_masks(scan, segmenter, seg_region, outputs=mask_inputs(), coarse=coarse)
     # The learned networks read only the image: they run in a second thread while the IQMs are computed (numpy,
     # scipy and ONNX Runtime release the GIL; assessment has 2 cores). Not alongside the segmentation network: the
@@ -350,9 +353,7 @@ def assess(path_or_scan, region: str = "auto", config=None, series_uid: str | No
     else:
         if segmenter == "monai":
             # the forced region's own network cannot contradict it: ask the classical 4 mm heuristic instead
-            from detectors import segmentation
-
-            decision = segmentation.decide_region(scan.hu, scan.spacing, scan.fov)
+            decision = segmentation.decide_region(scan.hu, scan.spacing, scan.fov, coarse=coarse)
         if decision.region != region:
             warnings.append(f"--region {region} given, but the heuristic says {decision.reason}")
 
