@@ -32,14 +32,14 @@ Design
 * **Artifacts** (:func:`axial_image`): window -500..700 HU (streaks of +-100 HU visible, metal and bone
   saturated); structured residuals: the ring residual (:func:`ring_residual_image`: the radial high-pass averaged
   over all angles about the centre, i.e. the polar residual that the explicit ``ring_index_hu`` averages, divided
-  by its standard error and kept as an image) plus, on slices with metal, the streak coherence (:func:`streak_coherence_image`: per angle about the
-  metal, the product of the two radial bands' residual profiles of the explicit ``streak_index_hu``); and an air
-  window for motion ghosts. Boxes = the bounding box of the simulator's artifact mask of that class (metal streaks:
-  the square within 45 mm of the metal, :func:`_metal_streak_box`, where the streak channel holds the evidence;
-  the streaks' own mask spans the slice). Metal-free twins (the same seed's metal without streaks) are the metal
-  class's negatives in training (:func:`_twin_index`). Per-scan score = max box confidence of the class over the
-  read slices (every metal slice plus 24 evenly spaced ones), averaged over the two models of the artifact ensemble
-  (:data:`ARTIFACT_MODELS`).
+  by its standard error and kept as an image) plus, on slices with metal, the streak coherence
+  (:func:`streak_coherence_image`: per angle about the metal, the product of the two radial bands' residual profiles
+  of the explicit ``streak_index_hu``); and an air window for motion ghosts. Boxes = the bounding box of the
+  simulator's artifact mask of that class (metal streaks: the square within 45 mm of the metal,
+  :func:`_metal_streak_box`, where the streak channel holds the evidence; the streaks' own mask spans the slice).
+  Metal-free twins (the same seed's metal without streaks) are the metal class's negatives in training
+  (:func:`_twin_index`). Per-scan score = max box confidence of the class over the read slices (every metal slice
+  plus 24 evenly spaced ones), averaged over the two models of the artifact ensemble (:data:`ARTIFACT_MODELS`).
   Deviation: with the plain slice in a soft-tissue window instead of the ring-residual channel, rings of severity
   0.5 (~10-15 HU under 3-10 HU noise at 128 matrix) were not learned (held-out AUC 0.25).
 * **Offline** (:func:`ultralytics_offline`): YOLO_OFFLINE=1, YOLO_AUTOINSTALL=False, YOLO_VERBOSE=False,
@@ -403,9 +403,9 @@ def streak_coherence_image(hu_slice, pixel_mm: float) -> np.ndarray:
 def axial_image(hu_slice, pixel_mm: float) -> np.ndarray:
     """One axial slice as a 256 x 256 x 3 uint8 image: window -500..700 HU (metal streaks of +-100 HU, body outline,
     bone and metal saturated); structured residuals -20..20 HU: the ring residual (:func:`ring_residual_image`, a
-    z-score x 4 HU, circles about the centre) plus the streak coherence (:func:`streak_coherence_image`, rays from metal); and an
-    air window -1024..-824 HU (motion ghosts and streaks in the air around the patient). Resized with area
-    averaging (larger matrices) or bilinear (smaller). ``pixel_mm``: the in-plane pixel size.
+    z-score x 4 HU, circles about the centre) plus the streak coherence (:func:`streak_coherence_image`, rays from
+    metal); and an air window -1024..-824 HU (motion ghosts and streaks in the air around the patient). Resized
+    with area averaging (larger matrices) or bilinear (smaller). ``pixel_mm``: the in-plane pixel size.
 
     A slice larger than 256 px is area-averaged to 256 px before the ring residual is computed (the detector was
     trained on 128 and 256 matrices, and a 512 slice costs a quarter); the streak coherence is computed at the

@@ -243,7 +243,8 @@ def patient_table(grid: Grid, body: np.ndarray, rng: np.random.Generator) -> np.
         return out
     y_back = float(xs[rows[-1]]) + 0.5 * grid.pixel_mm
     pad_t, sink = float(rng.uniform(30, 60)), float(rng.uniform(5, 20))
-    pad_hu, shell_hu, core_hu = float(rng.uniform(-900, -600)), float(rng.uniform(100, 400)), float(rng.uniform(-980, -900))
+    pad_hu, shell_hu = float(rng.uniform(-900, -600)), float(rng.uniform(100, 400))
+    core_hu = float(rng.uniform(-980, -900))
     shell_t, core_t = float(rng.uniform(2, 4)), float(rng.uniform(10, 30))
     radius, xc = float(rng.uniform(500, 1500)), float(rng.uniform(-10, 10))
     half_w_pad, half_w_top = float(rng.uniform(200, 240)), float(rng.uniform(220, 260))
